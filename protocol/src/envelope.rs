@@ -1,0 +1,88 @@
+//! Messages between edges and routers on the bus, and the subjects they travel on.
+//!
+//! Envelopes are bincode behind a version byte ([`crate::codec::ENVELOPE_VERSION`]) and are
+//! decoded with a size limit, like anything else that arrives from a socket.
+
+use bincode::{Decode, Encode};
+
+use crate::error::ErrorCode;
+use crate::frame::{ChatKind, ChatSummary, Event, PresenceStatus, Role};
+use crate::ids::{subject_token, ChatId, Seq, UserId};
+
+/// Subject on which routers take requests (a queue group shares the load).
+pub const ROUTER_REQUEST_SUBJECT: &str = "router.req";
+
+/// Queue group name routers subscribe with.
+pub const ROUTER_QUEUE_GROUP: &str = "routers";
+
+/// Subject of a chat's events: sequenced events and ephemeral ones (typing, receipts,
+/// presence). Edges subscribe while they hold a member's connection.
+pub fn chat_subject(chat: ChatId) -> String {
+    format!("chat.{chat}")
+}
+
+/// Subject of events addressed to one user wherever they are connected (being added to a
+/// chat). Edges subscribe while they hold one of the user's connections.
+pub fn user_subject(user: &str) -> String {
+    format!("user.{}", subject_token(user))
+}
+
+/// A request from an edge, on behalf of an authenticated user.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct RouterRequest {
+    /// The user, as authenticated by the edge. Routers trust edges, never clients.
+    pub user: UserId,
+    pub op: RouterOp,
+}
+
+/// What the user asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum RouterOp {
+    CreateChat { kind: ChatKind, title: String, members: Vec<UserId> },
+    AddMembers { chat: ChatId, users: Vec<UserId>, role: Role },
+    RemoveMembers { chat: ChatId, users: Vec<UserId> },
+    ListChats,
+    /// The ids of every chat the user is a member of (edges subscribe to them).
+    ChatIds,
+    Send { chat: ChatId, client_msg_id: String, body: String },
+    Edit { chat: ChatId, target: Seq, body: String },
+    Delete { chat: ChatId, target: Seq },
+    History { chat: ChatId, before: Option<Seq>, after: Option<Seq>, limit: u32 },
+    Read { chat: ChatId, seq: Seq },
+    Typing { chat: ChatId },
+    Presence { status: PresenceStatus },
+}
+
+/// The router's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum RouterReply {
+    Ack { chat: ChatId, seq: Seq, ts: u64, duplicate: bool },
+    ChatCreated { chat: ChatSummary, created: bool },
+    Chats(Vec<ChatSummary>),
+    ChatIds(Vec<ChatId>),
+    History { events: Vec<Event>, more: bool },
+    Ok,
+    Error { code: ErrorCode, message: String },
+}
+
+impl RouterReply {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        RouterReply::Error { code, message: message.into() }
+    }
+}
+
+/// What routers publish for edges to fan out.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum BusEvent {
+    /// An event of the chat's sequenced stream (on the chat subject).
+    Sequenced { chat: ChatId, event: Event },
+    /// A read cursor moved (on the chat subject).
+    Receipt { chat: ChatId, user: UserId, seq: Seq },
+    /// Someone is typing (on the chat subject).
+    Typing { chat: ChatId, user: UserId },
+    /// Someone's presence changed (on the subject of each chat they share).
+    Presence { chat: ChatId, user: UserId, status: PresenceStatus },
+    /// `user` joined `chat` through `event` (on the user subject): edges holding the user
+    /// start delivering the chat to them.
+    Joined { chat: ChatId, user: UserId, event: Event },
+}

@@ -1,1 +1,153 @@
-//! placeholder
+//! Where chats, memberships, events, read cursors and idempotency records live.
+//!
+//! The [`Store`] trait is all the router knows about storage. Sequencing happens *inside* a
+//! store's [`Store::append`]: the seq is allocated in the same atomic write that stores the
+//! event, so "ack means durable" and "gap-free seq" hold by construction: an append that fails
+//! allocates nothing, and one that succeeded is on disk before the ack is sent.
+//!
+//! Layout:
+//! - this file: the trait, its request/answer types and [`StoreError`].
+//! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per group
+//!   commit). The ScyllaDB backend comes next to it and implements the same trait.
+#![forbid(unsafe_code)]
+
+pub mod embedded;
+
+use async_trait::async_trait;
+use protocol::{ChatId, ChatKind, ChatSummary, Event, Role, Seq, UserId};
+use thiserror::Error;
+
+pub use embedded::{EmbeddedConfig, EmbeddedStore};
+
+/// A chat to create.
+#[derive(Debug, Clone)]
+pub struct NewChat {
+    /// A fresh random id (the router draws it); ignored when a direct chat already exists.
+    pub id: ChatId,
+    pub kind: ChatKind,
+    pub title: String,
+    pub creator: UserId,
+    /// Every member including the creator, with roles; no duplicates.
+    pub members: Vec<(UserId, Role)>,
+    pub ts: u64,
+}
+
+/// What [`Store::create_chat`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new chat; `event` is its seq-1 `created` event.
+    New { chat: ChatId, event: Event },
+    /// The direct chat between these two users already existed.
+    Existing { chat: ChatId },
+}
+
+/// A sequenced write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    Message { client_msg_id: String, text: String },
+    Edit { target: Seq, text: String },
+    Delete { target: Seq },
+    AddMembers { users: Vec<UserId>, role: Role },
+    RemoveMembers { users: Vec<UserId> },
+}
+
+/// An append to a chat's stream.
+#[derive(Debug, Clone)]
+pub struct Append {
+    pub chat: ChatId,
+    pub sender: UserId,
+    pub ts: u64,
+    pub mutation: Mutation,
+}
+
+/// What [`Store::append`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored as `event`.
+    New(Event),
+    /// A message with this sender and client message id was stored before, at `seq`/`ts`.
+    Duplicate { seq: Seq, ts: u64 },
+}
+
+/// A chat's stored header.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct ChatRecord {
+    pub kind: ChatKind,
+    pub title: String,
+    pub creator: UserId,
+    pub created_ts: u64,
+    pub last_seq: Seq,
+}
+
+/// Which page of history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest `limit` events.
+    Latest { limit: u32 },
+    /// Up to `limit` events with seq < `seq`, the newest of them.
+    Before { seq: Seq, limit: u32 },
+    /// Up to `limit` events with seq > `seq`, the oldest of them.
+    After { seq: Seq, limit: u32 },
+}
+
+/// A page of events in ascending seq order, and whether more lie beyond it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub events: Vec<Event>,
+    pub more: bool,
+}
+
+/// Why a store call failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// No such chat.
+    #[error("chat not found")]
+    ChatNotFound,
+    /// The target of an edit or delete is missing, not a message, or already deleted.
+    #[error("target message not found")]
+    TargetNotFound,
+    /// The request would change nothing (all users already members / none are members).
+    #[error("no change: {0}")]
+    NoChange(&'static str),
+    /// The backend could not complete the call; retrying may succeed. Nothing was written.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes did not decode: a bug or disk corruption, never retried.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// The storage interface the router sequences, authorizes and persists through.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a chat with its members and its seq-1 `created` event, atomically.
+    async fn create_chat(&self, chat: NewChat) -> Result<Created, StoreError>;
+
+    /// A chat's header.
+    async fn chat(&self, chat: ChatId) -> Result<Option<ChatRecord>, StoreError>;
+
+    /// A user's role in a chat, `None` when not a member.
+    async fn role(&self, chat: ChatId, user: &str) -> Result<Option<Role>, StoreError>;
+
+    /// One event.
+    async fn event(&self, chat: ChatId, seq: Seq) -> Result<Option<Event>, StoreError>;
+
+    /// Allocates the next seq and stores the event under it, atomically with its side effects
+    /// (membership rows, idempotency record, the edited/deleted target). Durable on return.
+    async fn append(&self, append: Append) -> Result<Appended, StoreError>;
+
+    /// A page of a chat's events.
+    async fn history(&self, chat: ChatId, page: Page) -> Result<HistoryPage, StoreError>;
+
+    /// The chats a user is a member of, with their role, last seq and read cursor.
+    async fn user_chats(&self, user: &str) -> Result<Vec<ChatSummary>, StoreError>;
+
+    /// Ids of the chats a user is a member of.
+    async fn chat_ids(&self, user: &str) -> Result<Vec<ChatId>, StoreError>;
+
+    /// Moves a read cursor forward (never back, never past the chat's last seq); returns it.
+    async fn set_read(&self, chat: ChatId, user: &str, seq: Seq) -> Result<Seq, StoreError>;
+
+    /// Makes everything written so far durable (a no-op where every write already is).
+    async fn flush(&self) -> Result<(), StoreError>;
+}

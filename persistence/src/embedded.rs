@@ -1,0 +1,557 @@
+//! The embedded backend: one redb file on local disk.
+//!
+//! Writes go through one writer thread that takes every write waiting in its queue (up to
+//! [`EmbeddedConfig::max_batch`]), applies them in one transaction and commits once with
+//! fsync: a group commit. Under load, one fsync covers hundreds of sends; alone, a send
+//! waits for exactly one. Replies are sent only after the commit returns, so an ack is never
+//! ahead of the disk. Reads run on the blocking pool against a read snapshot.
+//!
+//! Each write is validated before it writes anything, so a rejected write (unknown target,
+//! nothing to change) leaves the batch untouched; a storage error aborts the whole batch and
+//! every write in it gets [`StoreError::Unavailable`], with nothing half-written.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use protocol::codec::{decode_envelope, encode_envelope};
+use protocol::{ChatId, ChatSummary, Event, EventBody, Role, Seq};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Append, Appended, ChatRecord, Created, HistoryPage, Mutation, NewChat, Page, Store, StoreError};
+
+/// chat → [`ChatRecord`]
+const CHATS: TableDefinition<u64, &[u8]> = TableDefinition::new("chats");
+/// (chat, user) → role (0 member, 1 admin)
+const MEMBERS: TableDefinition<(u64, &str), u8> = TableDefinition::new("members");
+/// (user, chat) → 0; the reverse index of MEMBERS, for "my chats".
+const USER_CHATS: TableDefinition<(&str, u64), u8> = TableDefinition::new("user_chats");
+/// (chat, seq) → [`Event`]
+const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
+/// (chat, sender, client_msg_id) → (seq, ts)
+const IDEMPOTENCY: TableDefinition<(u64, &str, &str), (u64, u64)> = TableDefinition::new("idempotency");
+/// (chat, user) → read cursor
+const READS: TableDefinition<(u64, &str), u64> = TableDefinition::new("reads");
+/// (user a, user b) with a < b → direct chat id
+const DIRECT: TableDefinition<(&str, &str), u64> = TableDefinition::new("direct");
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// The database file; created if missing.
+    pub path: PathBuf,
+    /// Most writes committed together in one transaction (one fsync).
+    pub max_batch: usize,
+    /// Writes that may wait for the writer thread; senders wait (backpressure) beyond it.
+    pub queue_capacity: usize,
+}
+
+impl EmbeddedConfig {
+    /// Default group-commit size: large enough that one fsync serves a burst, small enough
+    /// that one transaction stays a few hundred KiB.
+    pub const DEFAULT_MAX_BATCH: usize = 512;
+    /// Default write queue length.
+    pub const DEFAULT_QUEUE_CAPACITY: usize = 8192;
+
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        EmbeddedConfig {
+            path: path.into(),
+            max_batch: Self::DEFAULT_MAX_BATCH,
+            queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+enum WriteOp {
+    Create(NewChat),
+    Append(Append),
+    SetRead { chat: ChatId, user: String, seq: Seq },
+}
+
+enum WriteDone {
+    Created(Created),
+    Appended(Appended),
+    Read(Seq),
+}
+
+struct WriteJob {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<WriteDone, StoreError>>,
+}
+
+/// The embedded store. Cloning is cheap; the writer thread stops when the last clone drops.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writes: mpsc::Sender<WriteJob>,
+    _writer: Arc<WriterThread>,
+}
+
+struct WriterThread(Option<JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        // The channel is closed by now (the store's sender dropped with it), so the thread
+        // finishes its last batch and exits; joining makes "dropped" mean "committed".
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database and starts the writer thread.
+    pub fn open(config: EmbeddedConfig) -> Result<Self, StoreError> {
+        if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("create {dir:?}: {e}")))?;
+        }
+        let db = Database::create(&config.path).map_err(unavailable)?;
+        let db = Arc::new(db);
+        init_tables(&db).map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let writer_db = db.clone();
+        let max_batch = config.max_batch.max(1);
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_db, rx, max_batch))
+            .map_err(|e| StoreError::Unavailable(format!("spawn writer: {e}")))?;
+        Ok(EmbeddedStore { db, writes: tx, _writer: Arc::new(WriterThread(Some(handle))) })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteDone, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writes
+            .send(WriteJob { op, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task: {e}")))?
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn init_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(CHATS)?;
+    txn.open_table(MEMBERS)?;
+    txn.open_table(USER_CHATS)?;
+    txn.open_table(EVENTS)?;
+    txn.open_table(IDEMPOTENCY)?;
+    txn.open_table(READS)?;
+    txn.open_table(DIRECT)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Member => 0,
+        Role::Admin => 1,
+    }
+}
+
+fn byte_role(b: u8) -> Role {
+    if b == 1 { Role::Admin } else { Role::Member }
+}
+
+fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteJob>, max_batch: usize) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        jobs.push(first);
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("store_group_commit_writes").record(jobs.len() as f64);
+        match commit_batch(&db, &jobs) {
+            Ok(results) => {
+                for (job, result) in jobs.drain(..).zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, writes = jobs.len(), "group commit failed; batch rejected");
+                metrics::counter!("store_commit_failures_total").increment(1);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Unavailable(err.to_string())));
+                }
+            }
+        }
+    }
+}
+
+struct Tables<'t> {
+    chats: Table<'t, u64, &'static [u8]>,
+    members: Table<'t, (u64, &'static str), u8>,
+    user_chats: Table<'t, (&'static str, u64), u8>,
+    events: Table<'t, (u64, u64), &'static [u8]>,
+    idempotency: Table<'t, (u64, &'static str, &'static str), (u64, u64)>,
+    reads: Table<'t, (u64, &'static str), u64>,
+    direct: Table<'t, (&'static str, &'static str), u64>,
+}
+
+/// Applies every job in one transaction. The outer error aborts the batch; inner errors are
+/// per-write rejections that wrote nothing.
+fn commit_batch(db: &Database, jobs: &[WriteJob]) -> Result<Vec<Result<WriteDone, StoreError>>, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut results = Vec::with_capacity(jobs.len());
+    {
+        let mut t = Tables {
+            chats: txn.open_table(CHATS)?,
+            members: txn.open_table(MEMBERS)?,
+            user_chats: txn.open_table(USER_CHATS)?,
+            events: txn.open_table(EVENTS)?,
+            idempotency: txn.open_table(IDEMPOTENCY)?,
+            reads: txn.open_table(READS)?,
+            direct: txn.open_table(DIRECT)?,
+        };
+        for job in jobs {
+            let result = match &job.op {
+                WriteOp::Create(chat) => apply_create(&mut t, chat)?.map(WriteDone::Created),
+                WriteOp::Append(append) => apply_append(&mut t, append)?.map(WriteDone::Appended),
+                WriteOp::SetRead { chat, user, seq } => apply_read(&mut t, *chat, user, *seq)?.map(WriteDone::Read),
+            };
+            results.push(result);
+        }
+    }
+    txn.commit()?;
+    Ok(results)
+}
+
+type Applied<T> = Result<Result<T, StoreError>, redb::Error>;
+
+fn load_chat(t: &Tables<'_>, chat: ChatId) -> Applied<ChatRecord> {
+    Ok(match t.chats.get(chat)? {
+        None => Err(StoreError::ChatNotFound),
+        Some(bytes) => decode_envelope::<ChatRecord>(bytes.value()).map_err(corrupt),
+    })
+}
+
+fn apply_create(t: &mut Tables<'_>, new: &NewChat) -> Applied<Created> {
+    let direct_key = if new.kind == protocol::ChatKind::Direct {
+        let mut pair: Vec<&str> = new.members.iter().map(|(u, _)| u.as_str()).collect();
+        pair.sort_unstable();
+        match pair.as_slice() {
+            [a, b] => Some((a.to_string(), b.to_string())),
+            _ => return Ok(Err(StoreError::NoChange("a direct chat has exactly two members"))),
+        }
+    } else {
+        None
+    };
+    if let Some((a, b)) = &direct_key {
+        if let Some(existing) = t.direct.get((a.as_str(), b.as_str()))? {
+            return Ok(Ok(Created::Existing { chat: existing.value() }));
+        }
+    }
+    if t.chats.get(new.id)?.is_some() {
+        return Ok(Err(StoreError::Unavailable("chat id collision; retry".into())));
+    }
+    let record = ChatRecord {
+        kind: new.kind,
+        title: new.title.clone(),
+        creator: new.creator.clone(),
+        created_ts: new.ts,
+        last_seq: 1,
+    };
+    let event = Event {
+        seq: 1,
+        ts: new.ts,
+        sender: new.creator.clone(),
+        body: EventBody::Created {
+            chat_kind: new.kind,
+            title: new.title.clone(),
+            members: new.members.iter().map(|(u, _)| u.clone()).collect(),
+        },
+    };
+    t.chats.insert(new.id, encode_envelope(&record).as_ref())?;
+    t.events.insert((new.id, 1), encode_envelope(&event).as_ref())?;
+    for (user, role) in &new.members {
+        t.members.insert((new.id, user.as_str()), role_byte(*role))?;
+        t.user_chats.insert((user.as_str(), new.id), 0)?;
+    }
+    if let Some((a, b)) = &direct_key {
+        t.direct.insert((a.as_str(), b.as_str()), new.id)?;
+    }
+    Ok(Ok(Created::New { chat: new.id, event }))
+}
+
+fn apply_append(t: &mut Tables<'_>, a: &Append) -> Applied<Appended> {
+    let mut record = match load_chat(t, a.chat)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let seq = record.last_seq + 1;
+    // Validate (and compute) everything before the first write.
+    let body = match &a.mutation {
+        Mutation::Message { client_msg_id, text } => {
+            if let Some(prev) = t.idempotency.get((a.chat, a.sender.as_str(), client_msg_id.as_str()))? {
+                let (seq, ts) = prev.value();
+                return Ok(Ok(Appended::Duplicate { seq, ts }));
+            }
+            EventBody::Message { client_msg_id: client_msg_id.clone(), text: text.clone(), edited: false, deleted: false }
+        }
+        Mutation::Edit { target, text } => EventBody::Edited { target: *target, text: text.clone() },
+        Mutation::Delete { target } => EventBody::Deleted { target: *target },
+        Mutation::AddMembers { users, role } => {
+            let mut added = Vec::new();
+            for u in users {
+                let current = t.members.get((a.chat, u.as_str()))?.map(|g| byte_role(g.value()));
+                if current != Some(*role) && !added.contains(u) {
+                    added.push(u.clone());
+                }
+            }
+            if added.is_empty() {
+                return Ok(Err(StoreError::NoChange("already members with that role")));
+            }
+            EventBody::MembersAdded { users: added, role: *role }
+        }
+        Mutation::RemoveMembers { users } => {
+            let mut removed = Vec::new();
+            for u in users {
+                if t.members.get((a.chat, u.as_str()))?.is_some() && !removed.contains(u) {
+                    removed.push(u.clone());
+                }
+            }
+            if removed.is_empty() {
+                return Ok(Err(StoreError::NoChange("not members")));
+            }
+            EventBody::MembersRemoved { users: removed }
+        }
+    };
+    // Edits and deletes rewrite their target; find and check it first.
+    let target_update = match &a.mutation {
+        Mutation::Edit { target, .. } | Mutation::Delete { target } => {
+            let stored = t.events.get((a.chat, *target))?.map(|g| decode_envelope::<Event>(g.value()));
+            let mut ev = match stored {
+                Some(Ok(ev)) => ev,
+                Some(Err(e)) => return Ok(Err(corrupt(e))),
+                None => return Ok(Err(StoreError::TargetNotFound)),
+            };
+            match (&mut ev.body, &a.mutation) {
+                (EventBody::Message { deleted: true, .. }, _) => return Ok(Err(StoreError::TargetNotFound)),
+                (EventBody::Message { text, edited, .. }, Mutation::Edit { text: new, .. }) => {
+                    text.clone_from(new);
+                    *edited = true;
+                }
+                (EventBody::Message { text, deleted, .. }, _) => {
+                    text.clear();
+                    *deleted = true;
+                }
+                _ => return Ok(Err(StoreError::TargetNotFound)),
+            }
+            Some((*target, ev))
+        }
+        _ => None,
+    };
+    let event = Event { seq, ts: a.ts, sender: a.sender.clone(), body };
+    // Writes.
+    if let Some((target, ev)) = target_update {
+        t.events.insert((a.chat, target), encode_envelope(&ev).as_ref())?;
+    }
+    t.events.insert((a.chat, seq), encode_envelope(&event).as_ref())?;
+    match &event.body {
+        EventBody::Message { client_msg_id, .. } => {
+            t.idempotency.insert((a.chat, a.sender.as_str(), client_msg_id.as_str()), (seq, a.ts))?;
+        }
+        EventBody::MembersAdded { users, role } => {
+            for u in users {
+                t.members.insert((a.chat, u.as_str()), role_byte(*role))?;
+                t.user_chats.insert((u.as_str(), a.chat), 0)?;
+            }
+        }
+        EventBody::MembersRemoved { users } => {
+            for u in users {
+                t.members.remove((a.chat, u.as_str()))?;
+                t.user_chats.remove((u.as_str(), a.chat))?;
+                t.reads.remove((a.chat, u.as_str()))?;
+            }
+        }
+        _ => {}
+    }
+    record.last_seq = seq;
+    t.chats.insert(a.chat, encode_envelope(&record).as_ref())?;
+    Ok(Ok(Appended::New(event)))
+}
+
+fn apply_read(t: &mut Tables<'_>, chat: ChatId, user: &str, seq: Seq) -> Applied<Seq> {
+    let record = match load_chat(t, chat)? {
+        Ok(r) => r,
+        Err(e) => return Ok(Err(e)),
+    };
+    let current = t.reads.get((chat, user))?.map(|g| g.value()).unwrap_or(0);
+    let next = seq.min(record.last_seq).max(current);
+    if next != current {
+        t.reads.insert((chat, user), next)?;
+    }
+    Ok(Ok(next))
+}
+
+fn read_chat(txn: &redb::ReadTransaction, chat: ChatId) -> Result<Option<ChatRecord>, StoreError> {
+    let table = txn.open_table(CHATS).map_err(unavailable)?;
+    match table.get(chat).map_err(unavailable)? {
+        None => Ok(None),
+        Some(g) => decode_envelope(g.value()).map(Some).map_err(corrupt),
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_chat(&self, chat: NewChat) -> Result<Created, StoreError> {
+        match self.write(WriteOp::Create(chat)).await? {
+            WriteDone::Created(c) => Ok(c),
+            _ => Err(StoreError::Corrupt("writer answered the wrong kind".into())),
+        }
+    }
+
+    async fn chat(&self, chat: ChatId) -> Result<Option<ChatRecord>, StoreError> {
+        self.read(move |txn| read_chat(txn, chat)).await
+    }
+
+    async fn role(&self, chat: ChatId, user: &str) -> Result<Option<Role>, StoreError> {
+        let user = user.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(MEMBERS).map_err(unavailable)?;
+            Ok(table.get((chat, user.as_str())).map_err(unavailable)?.map(|g| byte_role(g.value())))
+        })
+        .await
+    }
+
+    async fn event(&self, chat: ChatId, seq: Seq) -> Result<Option<Event>, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(EVENTS).map_err(unavailable)?;
+            match table.get((chat, seq)).map_err(unavailable)? {
+                None => Ok(None),
+                Some(g) => decode_envelope(g.value()).map(Some).map_err(corrupt),
+            }
+        })
+        .await
+    }
+
+    async fn append(&self, append: Append) -> Result<Appended, StoreError> {
+        match self.write(WriteOp::Append(append)).await? {
+            WriteDone::Appended(a) => Ok(a),
+            _ => Err(StoreError::Corrupt("writer answered the wrong kind".into())),
+        }
+    }
+
+    async fn history(&self, chat: ChatId, page: Page) -> Result<HistoryPage, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(EVENTS).map_err(unavailable)?;
+            let (range, limit, descending) = match page {
+                Page::Latest { limit } => ((chat, 0)..=(chat, u64::MAX), limit, true),
+                Page::Before { seq, limit } => ((chat, 0)..=(chat, seq.saturating_sub(1)), limit, true),
+                Page::After { seq, limit } => ((chat, seq.saturating_add(1))..=(chat, u64::MAX), limit, false),
+            };
+            let limit = limit as usize;
+            let mut events = Vec::with_capacity(limit.min(256));
+            let mut more = false;
+            if matches!(page, Page::Before { seq: 0 | 1, .. }) {
+                return Ok(HistoryPage { events, more });
+            }
+            let iter = table.range(range).map_err(unavailable)?;
+            let mut push = |item: Result<(redb::AccessGuard<'_, (u64, u64)>, redb::AccessGuard<'_, &[u8]>), redb::StorageError>| -> Result<bool, StoreError> {
+                if events.len() == limit {
+                    more = true;
+                    return Ok(false);
+                }
+                let (_, v) = item.map_err(unavailable)?;
+                events.push(decode_envelope::<Event>(v.value()).map_err(corrupt)?);
+                Ok(true)
+            };
+            if descending {
+                for item in iter.rev() {
+                    if !push(item)? {
+                        break;
+                    }
+                }
+                events.reverse();
+            } else {
+                for item in iter {
+                    if !push(item)? {
+                        break;
+                    }
+                }
+            }
+            Ok(HistoryPage { events, more })
+        })
+        .await
+    }
+
+    async fn user_chats(&self, user: &str) -> Result<Vec<ChatSummary>, StoreError> {
+        let user = user.to_owned();
+        self.read(move |txn| {
+            let index = txn.open_table(USER_CHATS).map_err(unavailable)?;
+            let members = txn.open_table(MEMBERS).map_err(unavailable)?;
+            let reads = txn.open_table(READS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for item in index.range((user.as_str(), 0)..=(user.as_str(), u64::MAX)).map_err(unavailable)? {
+                let (k, _) = item.map_err(unavailable)?;
+                let chat = k.value().1;
+                let Some(record) = read_chat(txn, chat)? else { continue };
+                let role = members.get((chat, user.as_str())).map_err(unavailable)?.map(|g| byte_role(g.value()));
+                let read_seq = reads.get((chat, user.as_str())).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+                out.push(ChatSummary {
+                    chat,
+                    kind: record.kind,
+                    title: record.title,
+                    role: role.unwrap_or(Role::Member),
+                    last_seq: record.last_seq,
+                    read_seq,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn chat_ids(&self, user: &str) -> Result<Vec<ChatId>, StoreError> {
+        let user = user.to_owned();
+        self.read(move |txn| {
+            let index = txn.open_table(USER_CHATS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for item in index.range((user.as_str(), 0)..=(user.as_str(), u64::MAX)).map_err(unavailable)? {
+                let (k, _) = item.map_err(unavailable)?;
+                out.push(k.value().1);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_read(&self, chat: ChatId, user: &str, seq: Seq) -> Result<Seq, StoreError> {
+        match self.write(WriteOp::SetRead { chat, user: user.to_owned(), seq }).await? {
+            WriteDone::Read(s) => Ok(s),
+            _ => Err(StoreError::Corrupt("writer answered the wrong kind".into())),
+        }
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every commit is fsynced before it is acknowledged; nothing is pending.
+        Ok(())
+    }
+}

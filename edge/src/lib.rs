@@ -1,1 +1,148 @@
-//! placeholder
+//! The edge: WebSocket termination for clients.
+//!
+//! An edge accepts TCP connections, upgrades them (negotiating the JSON or bincode
+//! subprotocol), authenticates a JWT, and then carries frames between the client and the
+//! routers over the bus. It keeps no durable state: everything it knows is rebuilt when a
+//! client reconnects and resumes.
+//!
+//! Layout:
+//! - [`config`]: every limit and timeout ([`EdgeConfig`]), including the tungstenite settings.
+//! - [`auth`]: JWT verification with an algorithm allow-list (pure).
+//! - [`order`]: per-chat gap-free ordering decisions (pure).
+//! - [`outbox`]: per-connection outbound queue, bounded in bytes.
+//! - [`hub`]: the local subscription index and encode-once fan-out.
+//! - [`connection`]: one client's task.
+//! - [`rpc`]: requests to the router.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - this file: [`Edge`], its accept loop and drain.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+mod connection;
+pub mod hub;
+pub mod order;
+pub mod outbox;
+pub mod rpc;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::Bus;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::Authenticator;
+pub use config::EdgeConfig;
+
+use crate::hub::Hub;
+
+/// Why the edge stopped abnormally.
+#[derive(Debug, Error)]
+pub enum EdgeError {
+    #[error("listener: {0}")]
+    Listener(#[from] std::io::Error),
+}
+
+/// Readiness as `/readyz` reports it: false until serving, and again once draining.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed)
+    }
+}
+
+pub(crate) struct Shared {
+    config: EdgeConfig,
+    auth: Authenticator,
+    bus: Arc<dyn Bus>,
+    hub: Arc<Hub>,
+}
+
+/// An edge node.
+pub struct Edge {
+    shared: Arc<Shared>,
+    runner: hub::HubRunner,
+    health: Health,
+}
+
+impl Edge {
+    pub fn new(config: EdgeConfig, auth: Authenticator, bus: Arc<dyn Bus>) -> Self {
+        let (hub, runner) = Hub::new(bus.clone(), config.bus_inbox_capacity, config.outbound_queue_bytes);
+        Edge { shared: Arc::new(Shared { config, auth, bus, hub }), runner, health: Health::default() }
+    }
+
+    /// The readiness flag this edge maintains.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Serves clients on `listener` until `shutdown` fires, then drains: readiness goes false,
+    /// the listener closes, connected clients are sent `goaway` + close 1001 in batches, and
+    /// whoever is still connected after `deadline` is closed at once.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken, deadline: Duration) -> Result<(), EdgeError> {
+        let Edge { shared, runner, health } = self;
+        let hub_stop = CancellationToken::new();
+        let hub_task = tokio::spawn(shared.hub.clone().run(runner, hub_stop.clone()));
+        let tracker = TaskTracker::new();
+        let draining = CancellationToken::new();
+        let force = CancellationToken::new();
+        let next_id = AtomicU64::new(1);
+        health.set_ready(true);
+        tracing::info!(addr = ?listener.local_addr().ok(), "edge listening");
+        loop {
+            let (stream, _peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(err) => {
+                        // Out of file descriptors or a transient network error: back off
+                        // instead of spinning, and keep serving those already connected.
+                        metrics::counter!("edge_accept_errors_total").increment(1);
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            tracker.spawn(connection::serve(stream, id, shared.clone(), draining.clone(), force.clone()));
+        }
+        health.set_ready(false);
+        drop(listener);
+        draining.cancel();
+        tracker.close();
+        let started = tokio::time::Instant::now();
+        tracing::info!(connections = shared.hub.connections(), "draining");
+        let drain = async {
+            for batch in shared.hub.outboxes().chunks(shared.config.drain_batch.max(1)) {
+                for outbox in batch {
+                    outbox.go_away();
+                }
+                tokio::time::sleep(shared.config.drain_interval).await;
+            }
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
+            tracing::warn!(remaining = shared.hub.connections(), "drain deadline passed; closing the rest");
+            force.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+        }
+        hub_stop.cancel();
+        let _ = hub_task.await;
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "edge stopped");
+        Ok(())
+    }
+}

@@ -144,6 +144,11 @@ pub fn encode_server(encoding: Encoding, frame: &ServerFrame) -> Bytes {
     }
 }
 
+/// Encodes a server frame as JSON text, for a WebSocket text frame.
+pub fn encode_server_json(frame: &ServerFrame) -> String {
+    json_string(frame)
+}
+
 /// Decodes a server frame (used by clients), bounded like bus envelopes since history pages
 /// are larger than client frames.
 pub fn decode_server(encoding: Encoding, bytes: &[u8]) -> Result<ServerFrame, CodecError> {

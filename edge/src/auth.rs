@@ -1,0 +1,209 @@
+//! Token verification: a pure function of the token, the configured keys and the time.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use protocol::ids::valid_user_id;
+use protocol::limits::MAX_TOKEN_BYTES;
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The claims we read. Others are ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch. Required.
+    pub exp: u64,
+    #[serde(default)]
+    pub nbf: Option<u64>,
+}
+
+/// Why a token was refused. The client only ever sees "unauthorized" (4001); the variant is
+/// for logs and metrics.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("token too large")]
+    TooLarge,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("token subject is not a valid user id")]
+    BadSubject,
+    #[error("token rejected: {0}")]
+    Invalid(String),
+}
+
+impl AuthError {
+    /// Metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::TooLarge => "too_large",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::BadSubject => "bad_subject",
+            AuthError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// One accepted key and the single algorithm it may be used with.
+#[derive(Clone)]
+pub struct VerificationKey {
+    pub algorithm: Algorithm,
+    pub key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerificationKey({:?})", self.algorithm)
+    }
+}
+
+/// Verifies tokens against an explicit allow-list of (algorithm, key) pairs: a token whose
+/// header names any other algorithm (`none`, or HS256 against an RSA public key) is refused.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    keys: Vec<VerificationKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    leeway: u64,
+}
+
+/// Errors building an [`Authenticator`] from configuration.
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error("no verification key configured (give an HS256 secret or a public key)")]
+    NoKeys,
+    #[error("HS256 secret must be at least 32 bytes")]
+    WeakSecret,
+    #[error("public key: {0}")]
+    BadKey(String),
+}
+
+impl Authenticator {
+    pub fn new(keys: Vec<VerificationKey>, issuer: Option<String>, audience: Option<String>) -> Result<Self, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::NoKeys);
+        }
+        Ok(Authenticator { keys, issuer, audience, leeway: 30 })
+    }
+
+    /// HS256 with a shared secret (development, or a trusted token service).
+    pub fn hs256_key(secret: &[u8]) -> Result<VerificationKey, KeyError> {
+        if secret.len() < 32 {
+            return Err(KeyError::WeakSecret);
+        }
+        Ok(VerificationKey { algorithm: Algorithm::HS256, key: DecodingKey::from_secret(secret) })
+    }
+
+    /// A PEM public key: Ed25519 (EdDSA) or RSA (RS256), detected from the PEM.
+    pub fn public_key(pem: &[u8]) -> Result<VerificationKey, KeyError> {
+        if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            return Ok(VerificationKey { algorithm: Algorithm::EdDSA, key });
+        }
+        DecodingKey::from_rsa_pem(pem)
+            .map(|key| VerificationKey { algorithm: Algorithm::RS256, key })
+            .map_err(|e| KeyError::BadKey(e.to_string()))
+    }
+
+    /// Verifies `token` at `now` (seconds since the Unix epoch) and returns the user id.
+    pub fn verify(&self, token: &str, now: u64) -> Result<String, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let Some(vk) = self.keys.iter().find(|k| k.algorithm == header.alg) else {
+            return Err(AuthError::Invalid(format!("algorithm {:?} not allowed", header.alg)));
+        };
+        // Time checks are ours (against the `now` we were given), so the library's are off.
+        let mut validation = Validation::new(vk.algorithm);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.required_spec_claims.insert("exp".into());
+        validation.required_spec_claims.insert("sub".into());
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &vk.key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let claims = data.claims;
+        if claims.exp.saturating_add(self.leeway) <= now {
+            return Err(AuthError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            return Err(AuthError::NotYetValid);
+        }
+        if !valid_user_id(&claims.sub) {
+            return Err(AuthError::BadSubject);
+        }
+        Ok(claims.sub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    struct C<'a> {
+        sub: &'a str,
+        exp: u64,
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn token(alg: Algorithm, sub: &str, exp: u64) -> String {
+        encode(&Header::new(alg), &C { sub, exp }, &EncodingKey::from_secret(SECRET)).unwrap()
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::new(vec![Authenticator::hs256_key(SECRET).unwrap()], None, None).unwrap()
+    }
+
+    #[test]
+    fn valid_token() {
+        assert_eq!(auth().verify(&token(Algorithm::HS256, "alice", 1000), 500).unwrap(), "alice");
+    }
+
+    #[test]
+    fn expiry_is_enforced_with_leeway() {
+        assert_eq!(auth().verify(&token(Algorithm::HS256, "alice", 1000), 1031), Err(AuthError::Expired));
+        assert!(auth().verify(&token(Algorithm::HS256, "alice", 1000), 1020).is_ok());
+    }
+
+    #[test]
+    fn algorithm_not_in_allow_list() {
+        assert!(matches!(auth().verify(&token(Algorithm::HS384, "alice", 1000), 0), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn wrong_secret_and_garbage() {
+        let other = encode(
+            &Header::new(Algorithm::HS256),
+            &C { sub: "alice", exp: 1000 },
+            &EncodingKey::from_secret(b"another-secret-another-secret-xx"),
+        )
+        .unwrap();
+        assert!(matches!(auth().verify(&other, 0), Err(AuthError::Invalid(_))));
+        assert!(matches!(auth().verify("not.a.jwt", 0), Err(AuthError::Invalid(_))));
+        assert_eq!(auth().verify(&"x".repeat(MAX_TOKEN_BYTES + 1), 0), Err(AuthError::TooLarge));
+    }
+
+    #[test]
+    fn unsafe_subjects_are_refused() {
+        assert_eq!(auth().verify(&token(Algorithm::HS256, "a b", 1000), 0), Err(AuthError::BadSubject));
+    }
+
+    #[test]
+    fn weak_secret_is_refused() {
+        assert!(Authenticator::hs256_key(b"short").is_err());
+    }
+}

@@ -1,0 +1,522 @@
+//! One client connection: upgrade, authentication, then a loop that reads frames, runs
+//! requests, and writes what the hub queued.
+//!
+//! A connection is one task. While idle it holds its WebSocket (with a small read buffer),
+//! an outbox handle and a few words of state; everything bigger is allocated on use and
+//! freed after.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{SinkExt, StreamExt};
+use protocol::codec::{decode_client, encode_server, encode_server_json, CodecError};
+use protocol::envelope::{RouterOp, RouterReply};
+use protocol::limits::{MAX_HISTORY_PAGE, MAX_RESUME_CHATS};
+use protocol::ratelimit::{FloodGuard, Verdict};
+use protocol::{ChatId, ClientFrame, CloseCode, Encoding, ErrorCode, Seq, ServerFrame};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{ConnHandle, ConnId};
+use crate::outbox::{Outbox, Outgoing, Status};
+use crate::{rpc, Shared};
+
+type Ws = WebSocketStream<TcpStream>;
+type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Frames moved from the outbox per write; the rest wait for the next turn of the loop so
+/// reads are not starved.
+const WRITE_BATCH: usize = 256;
+
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What the upgrade request carried.
+#[derive(Default)]
+struct Upgrade {
+    encoding: Option<Encoding>,
+    token: Option<String>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn close_frame(code: CloseCode) -> CloseFrame {
+    CloseFrame { code: WsCloseCode::from(code.code()), reason: code.reason().into() }
+}
+
+fn encode(encoding: Encoding, frame: &ServerFrame) -> Message {
+    metrics::counter!("edge_frames_out_total", "type" => frame.kind()).increment(1);
+    if let ServerFrame::Error { code, .. } = frame {
+        metrics::counter!("edge_errors_total", "code" => code.as_str()).increment(1);
+    }
+    match encoding {
+        Encoding::Json => Message::Text(encode_server_json(frame).into()),
+        Encoding::Bincode => Message::Binary(encode_server(Encoding::Bincode, frame)),
+    }
+}
+
+/// Sends a close frame and gives the peer a moment to answer, then drops the socket.
+async fn close(ws: &mut Ws, code: CloseCode) {
+    metrics::counter!("edge_closes_total", "reason" => code.reason()).increment(1);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if ws.close(Some(close_frame(code))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// Serves one accepted TCP connection to its end.
+pub(crate) async fn serve(stream: TcpStream, id: ConnId, shared: Arc<Shared>, draining: CancellationToken, force: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
+    let mut upgrade = Upgrade::default();
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let offered: Vec<&str> = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        let Some(encoding) = Encoding::negotiate(offered.iter().copied()) else {
+            let mut err = ErrorResponse::new(Some("unsupported subprotocol; offer msg.v1.json or msg.v1.bincode".into()));
+            *err.status_mut() = StatusCode::BAD_REQUEST;
+            return Err(err);
+        };
+        if !offered.is_empty() {
+            resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(encoding.subprotocol()));
+        }
+        upgrade.encoding = Some(encoding);
+        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        upgrade.token = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .or_else(|| {
+                req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_owned))
+            });
+        Ok(resp)
+    };
+    let accept = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.config.websocket()));
+    let mut ws = match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            metrics::counter!("edge_handshake_failures_total").increment(1);
+            tracing::debug!(error = %err, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            metrics::counter!("edge_handshake_failures_total").increment(1);
+            return;
+        }
+    };
+    let encoding = upgrade.encoding.unwrap_or(Encoding::Json);
+    if draining.is_cancelled() {
+        close(&mut ws, CloseCode::GoingAway).await;
+        return;
+    }
+    let user = match authenticate(&mut ws, &shared, encoding, upgrade.token, deadline).await {
+        Ok(user) => user,
+        Err(code) => {
+            close(&mut ws, code).await;
+            return;
+        }
+    };
+    let outbox = Arc::new(Outbox::new());
+    let handle = ConnHandle { user: Arc::from(user.as_str()), encoding, outbox: outbox.clone() };
+    shared.hub.attach(id, handle).await;
+    metrics::gauge!("edge_connections").increment(1.0);
+    tracing::debug!(user = %user, conn = id, encoding = encoding.as_str(), "connection authenticated");
+    let mut conn = Connection {
+        ws,
+        shared: shared.clone(),
+        user,
+        encoding,
+        outbox,
+        flood: FloodGuard::new(shared.config.flood, Instant::now()),
+        pending: FuturesUnordered::new(),
+        delivered: HashMap::new(),
+        held: None,
+    };
+    let code = conn.run(force).await;
+    shared.hub.detach(id).await;
+    conn.outbox.close();
+    metrics::gauge!("edge_connections").decrement(1.0);
+    tracing::debug!(conn = id, reason = code.reason(), "connection closed");
+    if code != CloseCode::Normal {
+        close(&mut conn.ws, code).await;
+    }
+}
+
+/// Waits for a valid token: from the upgrade, or the first frame.
+async fn authenticate(
+    ws: &mut Ws,
+    shared: &Shared,
+    encoding: Encoding,
+    token: Option<String>,
+    deadline: tokio::time::Instant,
+) -> Result<String, CloseCode> {
+    let token = match token {
+        Some(t) => t,
+        None => loop {
+            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return Err(CloseCode::AuthTimeout),
+                Ok(None | Some(Err(_))) => return Err(CloseCode::Normal),
+                Ok(Some(Ok(m))) => m,
+            };
+            let bytes = match (&msg, encoding) {
+                (Message::Text(t), Encoding::Json) => t.as_bytes(),
+                (Message::Binary(b), Encoding::Bincode) => &b[..],
+                (Message::Ping(_) | Message::Pong(_), _) => continue,
+                (Message::Close(_), _) => return Err(CloseCode::Normal),
+                _ => return Err(CloseCode::ProtocolError),
+            };
+            match decode_client(encoding, bytes) {
+                Ok(ClientFrame::Auth { token }) => break token,
+                _ => {
+                    let frame = ServerFrame::error(None, ErrorCode::Unauthenticated, "authenticate first: send an auth frame");
+                    let _ = ws.send(encode(encoding, &frame)).await;
+                    return Err(CloseCode::Unauthorized);
+                }
+            }
+        },
+    };
+    match shared.auth.verify(&token, now_secs()) {
+        Ok(user) => {
+            metrics::counter!("edge_auth_total", "result" => "ok").increment(1);
+            Ok(user)
+        }
+        Err(err) => {
+            metrics::counter!("edge_auth_total", "result" => err.label()).increment(1);
+            tracing::debug!(error = %err, "authentication failed");
+            Err(CloseCode::Unauthorized)
+        }
+    }
+}
+
+struct Connection {
+    ws: Ws,
+    shared: Arc<Shared>,
+    user: String,
+    encoding: Encoding,
+    outbox: Arc<Outbox>,
+    flood: FloodGuard,
+    pending: FuturesUnordered<Pending>,
+    /// Highest seq written per chat: nothing at or below it is written again.
+    delivered: HashMap<ChatId, Seq>,
+    /// Sequenced events held until the client's first `resume`, with their byte total.
+    held: Option<(Vec<Outgoing>, usize)>,
+}
+
+enum Step {
+    Continue,
+    Close(CloseCode),
+}
+
+impl Connection {
+    async fn run(&mut self, force: CancellationToken) -> CloseCode {
+        let hello = ServerFrame::Hello {
+            user: self.user.clone(),
+            protocol: 1,
+            heartbeat_ms: (self.shared.config.idle_timeout / 2).as_millis() as u64,
+            max_frame_bytes: self.shared.config.max_frame_bytes as u64,
+        };
+        if self.ws.send(encode(self.encoding, &hello)).await.is_err() {
+            return CloseCode::Normal;
+        }
+        self.held = Some((Vec::new(), 0));
+        let idle = self.shared.config.idle_timeout;
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
+        let mut batch = Vec::new();
+        loop {
+            let can_read = self.pending.len() < self.shared.config.max_inflight_requests;
+            let step = tokio::select! {
+                biased;
+                _ = force.cancelled() => Step::Close(CloseCode::GoingAway),
+                _ = self.outbox.ready() => self.flush_outbox(&mut batch).await,
+                Some(frame) = self.pending.next(), if !self.pending.is_empty() => {
+                    let msg = encode(self.encoding, &frame);
+                    self.push_reply(msg)
+                }
+                msg = self.ws.next(), if can_read => match msg {
+                    None => Step::Close(CloseCode::Normal),
+                    Some(Err(err)) => Step::Close(read_error(&err)),
+                    Some(Ok(msg)) => {
+                        idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                        self.on_message(msg).await
+                    }
+                },
+                _ = &mut idle_timer => Step::Close(CloseCode::IdleTimeout),
+            };
+            if let Step::Close(code) = step {
+                return code;
+            }
+        }
+    }
+
+    fn push_reply(&self, message: Message) -> Step {
+        let out = Outgoing { chat: 0, seq: 0, message, queued: Instant::now() };
+        match self.outbox.push(out, false, self.shared.config.outbound_queue_bytes) {
+            crate::outbox::Pushed::Overflow => Step::Close(CloseCode::SlowConsumer),
+            _ => Step::Continue,
+        }
+    }
+
+    /// Writes what the hub queued. While the write waits on a slow socket, an overflow of the
+    /// queue still ends the connection.
+    async fn flush_outbox(&mut self, batch: &mut Vec<Outgoing>) -> Step {
+        batch.clear();
+        match self.outbox.drain_into(batch, WRITE_BATCH) {
+            Status::Overflowed => return Step::Close(CloseCode::SlowConsumer),
+            Status::GoAway => {
+                let frame = ServerFrame::GoAway {
+                    reconnect_after_ms: self.shared.config.reconnect_after.as_millis() as u64,
+                    reason: "draining".into(),
+                };
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.send(encode(self.encoding, &frame))).await;
+                return Step::Close(CloseCode::GoingAway);
+            }
+            Status::Open => {}
+        }
+        let mut to_write = Vec::with_capacity(batch.len());
+        for item in batch.drain(..) {
+            if item.seq != 0 {
+                if let Some((held, bytes)) = &mut self.held {
+                    *bytes += item.message.len();
+                    held.push(item);
+                    if *bytes > self.shared.config.outbound_queue_bytes {
+                        return Step::Close(CloseCode::SlowConsumer);
+                    }
+                    continue;
+                }
+                let last = self.delivered.entry(item.chat).or_insert(0);
+                if item.seq <= *last {
+                    continue;
+                }
+                *last = item.seq;
+                metrics::histogram!("edge_delivery_seconds").record(item.queued.elapsed().as_secs_f64());
+            }
+            to_write.push(item.message);
+        }
+        let outbox = self.outbox.clone();
+        let write = write_all(&mut self.ws, to_write);
+        tokio::pin!(write);
+        let result = loop {
+            tokio::select! {
+                r = &mut write => break r,
+                _ = outbox.ready() => {
+                    if outbox.status() == Status::Overflowed {
+                        return Step::Close(CloseCode::SlowConsumer);
+                    }
+                }
+            }
+        };
+        if result.is_err() {
+            return Step::Close(CloseCode::Normal);
+        }
+        if self.outbox.has_pending() || self.outbox.status() != Status::Open {
+            // More than one batch was waiting, or frames arrived while we wrote: take another
+            // turn through the loop (so reads interleave) rather than wait for a new push.
+            self.outbox.wake();
+        }
+        Step::Continue
+    }
+
+    async fn send_now(&mut self, frame: &ServerFrame) -> Result<(), WsError> {
+        self.ws.send(encode(self.encoding, frame)).await
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Step {
+        let bytes = match (&msg, self.encoding) {
+            (Message::Text(t), Encoding::Json) => t.as_bytes(),
+            (Message::Binary(b), Encoding::Bincode) => &b[..],
+            (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => return Step::Continue,
+            (Message::Close(_), _) => return Step::Close(CloseCode::Normal),
+            _ => return Step::Close(CloseCode::ProtocolError),
+        };
+        let frame = decode_client(self.encoding, bytes);
+        let ephemeral = matches!(&frame, Ok(f) if f.is_ephemeral());
+        match self.flood.check(ephemeral, Instant::now()) {
+            Verdict::Allow => {}
+            Verdict::Reject => {
+                let req = frame.as_ref().ok().and_then(ClientFrame::req);
+                let err = ServerFrame::error(req, ErrorCode::RateLimited, "slow down");
+                return self.push_reply(encode(self.encoding, &err));
+            }
+            Verdict::Close => return Step::Close(CloseCode::RateLimited),
+        }
+        let frame = match frame {
+            Ok(f) => f,
+            Err(err) => {
+                let (code, message) = match err {
+                    CodecError::UnknownOp(op) => (ErrorCode::UnknownOp, format!("unknown operation {op}")),
+                    other => (ErrorCode::BadFrame, other.to_string()),
+                };
+                metrics::counter!("edge_frames_in_total", "type" => "invalid").increment(1);
+                return self.push_reply(encode(self.encoding, &ServerFrame::error(None, code, message)));
+            }
+        };
+        metrics::counter!("edge_frames_in_total", "type" => frame.op()).increment(1);
+        self.on_frame(frame).await
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Step {
+        let bus = self.shared.bus.clone();
+        let user = self.user.clone();
+        let timeout = self.shared.config.request_timeout;
+        let (req, op) = match frame {
+            ClientFrame::Auth { .. } => {
+                let err = ServerFrame::error(None, ErrorCode::Invalid, "already authenticated");
+                return self.push_reply(encode(self.encoding, &err));
+            }
+            ClientFrame::Ping { req } => return self.push_reply(encode(self.encoding, &ServerFrame::Pong { req })),
+            ClientFrame::Typing { chat } => {
+                rpc::tell(&*bus, &user, RouterOp::Typing { chat }).await;
+                return Step::Continue;
+            }
+            ClientFrame::Presence { status } => {
+                rpc::tell(&*bus, &user, RouterOp::Presence { status }).await;
+                return Step::Continue;
+            }
+            ClientFrame::Resume { req, chats } => return self.resume(req, chats).await,
+            ClientFrame::CreateChat { req, kind, title, members } => (req, RouterOp::CreateChat { kind, title, members }),
+            ClientFrame::AddMembers { req, chat, users, role } => (req, RouterOp::AddMembers { chat, users, role }),
+            ClientFrame::RemoveMembers { req, chat, users } => (req, RouterOp::RemoveMembers { chat, users }),
+            ClientFrame::ListChats { req } => (req, RouterOp::ListChats),
+            ClientFrame::Send { req, chat, client_msg_id, body } => (req, RouterOp::Send { chat, client_msg_id, body }),
+            ClientFrame::Edit { req, chat, target, body } => (req, RouterOp::Edit { chat, target, body }),
+            ClientFrame::Delete { req, chat, target } => (req, RouterOp::Delete { chat, target }),
+            ClientFrame::History { req, chat, before, after, limit } => {
+                (req, RouterOp::History { chat, before, after, limit: limit.unwrap_or(0) })
+            }
+            ClientFrame::Read { req, chat, seq } => (req, RouterOp::Read { chat, seq }),
+        };
+        let chat = op_chat(&op);
+        self.pending.push(Box::pin(async move {
+            let reply = rpc::call(&*bus, &user, op, timeout).await;
+            reply_frame(req, chat, reply)
+        }));
+        Step::Continue
+    }
+
+    /// Sends every event after each cursor, then `resumed`, then releases live events, so
+    /// that the client sees each chat gap-free and without duplicates across the seam.
+    async fn resume(&mut self, req: u64, chats: Vec<protocol::frame::ResumeCursor>) -> Step {
+        if chats.len() > MAX_RESUME_CHATS {
+            let err = ServerFrame::error(Some(req), ErrorCode::Invalid, format!("at most {MAX_RESUME_CHATS} chats per resume"));
+            return self.push_reply(encode(self.encoding, &err));
+        }
+        let timeout = self.shared.config.request_timeout;
+        for cursor in chats {
+            let chat = cursor.chat;
+            let mut after = cursor.last_seq.max(self.delivered.get(&chat).copied().unwrap_or(0));
+            loop {
+                let op = RouterOp::History { chat, before: None, after: Some(after), limit: MAX_HISTORY_PAGE };
+                match rpc::call(&*self.shared.bus, &self.user, op, timeout).await {
+                    RouterReply::History { events, more } => {
+                        for event in events {
+                            if event.seq <= after {
+                                continue;
+                            }
+                            after = event.seq;
+                            if self.ws.feed(encode(self.encoding, &ServerFrame::Event { chat, event })).await.is_err() {
+                                return Step::Close(CloseCode::Normal);
+                            }
+                        }
+                        if self.ws.flush().await.is_err() {
+                            return Step::Close(CloseCode::Normal);
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                    other => {
+                        let frame = reply_frame(req, Some(chat), other);
+                        if self.send_now(&frame).await.is_err() {
+                            return Step::Close(CloseCode::Normal);
+                        }
+                        break;
+                    }
+                }
+            }
+            self.delivered.insert(chat, after);
+            if self.send_now(&ServerFrame::Resumed { req, chat, last_seq: after }).await.is_err() {
+                return Step::Close(CloseCode::Normal);
+            }
+        }
+        // Release what was held since `hello`: the next flush writes it through the
+        // per-chat high-water marks set above.
+        if let Some((held, _)) = self.held.take() {
+            let mut to_write = Vec::new();
+            for item in held {
+                let last = self.delivered.entry(item.chat).or_insert(0);
+                if item.seq > *last {
+                    *last = item.seq;
+                    to_write.push(item.message);
+                }
+            }
+            if write_all(&mut self.ws, to_write).await.is_err() {
+                return Step::Close(CloseCode::Normal);
+            }
+        }
+        Step::Continue
+    }
+}
+
+async fn write_all(ws: &mut Ws, messages: Vec<Message>) -> Result<(), WsError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    for m in messages {
+        ws.feed(m).await?;
+    }
+    ws.flush().await
+}
+
+fn read_error(err: &WsError) -> CloseCode {
+    match err {
+        WsError::Capacity(_) => CloseCode::TooBig,
+        WsError::Protocol(_) | WsError::Utf8(_) => CloseCode::ProtocolError,
+        _ => CloseCode::Normal,
+    }
+}
+
+fn op_chat(op: &RouterOp) -> Option<ChatId> {
+    match op {
+        RouterOp::Send { chat, .. }
+        | RouterOp::Edit { chat, .. }
+        | RouterOp::Delete { chat, .. }
+        | RouterOp::History { chat, .. }
+        | RouterOp::AddMembers { chat, .. }
+        | RouterOp::RemoveMembers { chat, .. }
+        | RouterOp::Read { chat, .. } => Some(*chat),
+        _ => None,
+    }
+}
+
+/// Turns the router's answer into the client's reply frame.
+fn reply_frame(req: u64, chat: Option<ChatId>, reply: RouterReply) -> ServerFrame {
+    match reply {
+        RouterReply::Ack { chat, seq, ts, duplicate } => ServerFrame::Ack { req, chat, seq, ts, duplicate },
+        RouterReply::ChatCreated { chat, created } => ServerFrame::ChatCreated { req, chat, created },
+        RouterReply::Chats(chats) => ServerFrame::Chats { req, chats },
+        RouterReply::History { events, more } => ServerFrame::History { req, chat: chat.unwrap_or(0), events, more },
+        RouterReply::Ok => ServerFrame::Ok { req },
+        RouterReply::Error { code, message } => ServerFrame::Error { req: Some(req), code, message },
+        RouterReply::ChatIds(_) => ServerFrame::error(Some(req), ErrorCode::Unavailable, "unexpected reply"),
+    }
+}

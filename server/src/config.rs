@@ -1,0 +1,230 @@
+//! Command line and environment. Every flag has an environment fallback (`MESSENGER_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use edge::EdgeConfig;
+use protocol::limits::MAX_CLIENT_FRAME_BYTES;
+use protocol::ratelimit::FloodLimits;
+
+/// Exit code for a bad configuration (EX_USAGE from sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "messenger", version, about = "A WebSocket messaging server.")]
+pub struct Cli {
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `edge=debug,info`.
+    #[arg(long, env = "MESSENGER_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "MESSENGER_LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "compact"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a complete node (edge + router + embedded store) in one process.
+    Standalone(StandaloneArgs),
+    /// Mint a development token (HS256) for a user.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// WebSocket listen address.
+    #[arg(long, env = "MESSENGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz).
+    #[arg(long, env = "MESSENGER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Directory for the embedded store (and the development secret).
+    #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Time allowed for a graceful shutdown after SIGTERM before remaining clients are cut.
+    #[arg(long, env = "MESSENGER_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_deadline: Duration,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+    /// Router sequencing shards.
+    #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = 8)]
+    pub router_shards: usize,
+    /// Most writes per group commit (one fsync).
+    #[arg(long, env = "MESSENGER_STORE_MAX_BATCH", default_value_t = 512)]
+    pub store_max_batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// HS256 secret (≥ 32 bytes). Without it and without a public key, the standalone node
+    /// uses (and creates) a development secret in the data directory.
+    #[arg(long, env = "MESSENGER_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key file (Ed25519 → EdDSA, RSA → RS256) for production tokens.
+    #[arg(long, env = "MESSENGER_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "MESSENGER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "MESSENGER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// tungstenite read buffer per connection, bytes.
+    #[arg(long, env = "MESSENGER_WS_READ_BUFFER_BYTES", default_value_t = EdgeConfig::default().read_buffer_bytes)]
+    pub ws_read_buffer_bytes: usize,
+    /// tungstenite write gathering size, bytes.
+    #[arg(long, env = "MESSENGER_WS_WRITE_BUFFER_BYTES", default_value_t = EdgeConfig::default().write_buffer_bytes)]
+    pub ws_write_buffer_bytes: usize,
+    /// Largest client message, bytes (at most the protocol's 65536).
+    #[arg(long, env = "MESSENGER_MAX_FRAME_BYTES", default_value_t = EdgeConfig::default().max_frame_bytes)]
+    pub max_frame_bytes: usize,
+    /// Outbound queue bound per connection, bytes; past it the client is closed with 4009.
+    #[arg(long, env = "MESSENGER_OUTBOUND_QUEUE_BYTES", default_value_t = EdgeConfig::default().outbound_queue_bytes)]
+    pub outbound_queue_bytes: usize,
+    /// Time to authenticate after connecting.
+    #[arg(long, env = "MESSENGER_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+    /// Close a connection that sends nothing for this long.
+    #[arg(long, env = "MESSENGER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Requests per second per connection (sustained).
+    #[arg(long, env = "MESSENGER_RATE_REQUESTS_PER_SECOND", default_value_t = 50)]
+    pub rate_requests_per_second: u32,
+    /// Request burst per connection.
+    #[arg(long, env = "MESSENGER_RATE_REQUEST_BURST", default_value_t = 200)]
+    pub rate_request_burst: u32,
+    /// Typing/presence frames per second per connection.
+    #[arg(long, env = "MESSENGER_RATE_EPHEMERAL_PER_SECOND", default_value_t = 5)]
+    pub rate_ephemeral_per_second: u32,
+    /// Typing/presence burst per connection.
+    #[arg(long, env = "MESSENGER_RATE_EPHEMERAL_BURST", default_value_t = 10)]
+    pub rate_ephemeral_burst: u32,
+    /// Rate-limited frames in a row before the connection is closed (4008).
+    #[arg(long, env = "MESSENGER_RATE_MAX_STRIKES", default_value_t = 20)]
+    pub rate_max_strikes: u16,
+    /// Requests per connection awaiting the router at once.
+    #[arg(long, env = "MESSENGER_MAX_INFLIGHT_REQUESTS", default_value_t = 64)]
+    pub max_inflight_requests: usize,
+    /// Time a request may wait for the router.
+    #[arg(long, env = "MESSENGER_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Connections sent away per drain batch.
+    #[arg(long, env = "MESSENGER_DRAIN_BATCH", default_value_t = 1000)]
+    pub drain_batch: usize,
+    /// Pause between drain batches.
+    #[arg(long, env = "MESSENGER_DRAIN_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
+    pub drain_interval: Duration,
+}
+
+impl EdgeArgs {
+    /// Validates and builds the edge configuration.
+    pub fn to_config(&self) -> Result<EdgeConfig, String> {
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > MAX_CLIENT_FRAME_BYTES {
+            return Err(format!("--max-frame-bytes must be between 1024 and {MAX_CLIENT_FRAME_BYTES}"));
+        }
+        if self.ws_read_buffer_bytes < 64 || self.ws_read_buffer_bytes > 1 << 20 {
+            return Err("--ws-read-buffer-bytes must be between 64 and 1048576".into());
+        }
+        if self.outbound_queue_bytes < 64 * 1024 {
+            return Err("--outbound-queue-bytes must be at least 65536 (one history page)".into());
+        }
+        if self.idle_timeout < Duration::from_secs(2) {
+            return Err("--idle-timeout must be at least 2s".into());
+        }
+        if self.rate_requests_per_second == 0 || self.rate_request_burst == 0 || self.rate_max_strikes == 0 {
+            return Err("rate limits must be positive".into());
+        }
+        if self.max_inflight_requests == 0 || self.drain_batch == 0 {
+            return Err("--max-inflight-requests and --drain-batch must be positive".into());
+        }
+        let defaults = EdgeConfig::default();
+        Ok(EdgeConfig {
+            read_buffer_bytes: self.ws_read_buffer_bytes,
+            write_buffer_bytes: self.ws_write_buffer_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            outbound_queue_bytes: self.outbound_queue_bytes,
+            auth_timeout: self.auth_timeout,
+            idle_timeout: self.idle_timeout,
+            flood: FloodLimits {
+                requests_per_second: self.rate_requests_per_second,
+                request_burst: self.rate_request_burst,
+                ephemeral_per_second: self.rate_ephemeral_per_second.max(1),
+                ephemeral_burst: self.rate_ephemeral_burst.max(1),
+                max_strikes: self.rate_max_strikes,
+            },
+            max_inflight_requests: self.max_inflight_requests,
+            request_timeout: self.request_timeout,
+            drain_batch: self.drain_batch,
+            drain_interval: self.drain_interval,
+            ..defaults
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (token subject).
+    #[arg(long)]
+    pub user: String,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// HS256 secret; defaults to the development secret in the data directory.
+    #[arg(long, env = "MESSENGER_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Data directory holding the development secret.
+    #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+/// Parses `250ms`, `30s`, `5m`, `24h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}: use e.g. 250ms, 30s, 5m, 24h"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn edge_defaults_validate() {
+        let cli = Cli::try_parse_from(["messenger", "standalone"]).unwrap();
+        let Command::Standalone(args) = cli.command else { panic!() };
+        assert!(args.edge.to_config().is_ok());
+        let cli = Cli::try_parse_from(["messenger", "standalone", "--max-frame-bytes", "999999"]).unwrap();
+        let Command::Standalone(args) = cli.command else { panic!() };
+        assert!(args.edge.to_config().is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! The `messenger` binary's library half: configuration, the standalone node, token minting.
+//!
+//! `main.rs` only reads in order: parse and validate the configuration, start tracing and
+//! metrics, run. Everything here takes bound listeners and a shutdown token, so tests can
+//! run it on port 0.
+//!
+//! Layout:
+//! - [`config`]: command line and environment (clap), validated into component configs.
+//! - [`standalone`]: edge + router + in-process bus + embedded store in one process.
+//! - [`token`]: development tokens and the development secret.
+//! - [`telemetry`]: tracing and the Prometheus recorder.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod standalone;
+pub mod telemetry;
+pub mod token;

@@ -1,0 +1,61 @@
+//! The standalone node: edge + router + in-process bus + embedded store, one process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bus::LocalBus;
+use edge::admin::Render;
+use edge::{Authenticator, Edge, EdgeConfig};
+use persistence::{EmbeddedConfig, EmbeddedStore, Store};
+use router::{Router, RouterConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the standalone node needs, validated.
+pub struct StandaloneConfig {
+    pub data_dir: PathBuf,
+    pub edge: EdgeConfig,
+    pub router: RouterConfig,
+    pub store_max_batch: usize,
+    pub auth: Authenticator,
+    pub shutdown_deadline: Duration,
+}
+
+/// File name of the embedded store inside the data directory.
+pub const STORE_FILE: &str = "messenger.redb";
+
+/// Runs the node until `shutdown`, then drains clients, stops the router, and closes the
+/// store (every acknowledged write is already on disk; closing joins the writer thread).
+pub async fn run(
+    config: StandaloneConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    render: Render,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut store_config = EmbeddedConfig::new(config.data_dir.join(STORE_FILE));
+    store_config.max_batch = config.store_max_batch;
+    let store = EmbeddedStore::open(store_config).context("open the embedded store")?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let bus = Arc::new(LocalBus::new());
+
+    let router_stop = CancellationToken::new();
+    let router = Router::new(store.clone(), bus.clone(), config.router);
+    let router_task = tokio::spawn(router.run(router_stop.clone()));
+
+    let edge = Edge::new(config.edge, config.auth, bus);
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
+
+    let result = edge.run(listener, shutdown, config.shutdown_deadline).await;
+    router_stop.cancel();
+    router_task.await.context("router task")?.context("router")?;
+    store.flush().await.context("flush the store")?;
+    drop(store);
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    result.context("edge")?;
+    Ok(())
+}

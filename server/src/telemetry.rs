@@ -1,0 +1,28 @@
+//! Tracing and metrics set-up.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+
+/// Starts the tracing subscriber with `filter` (EnvFilter syntax).
+pub fn init_tracing(filter: &str, compact: bool) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter)?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = if compact { builder.compact().try_init() } else { builder.try_init() };
+    result.map_err(|e| anyhow::anyhow!("tracing: {e}"))
+}
+
+/// Latency buckets, seconds: 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Group-commit sizes.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Installs the Prometheus recorder and returns the handle that renders `/metrics`.
+pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full("store_group_commit_writes".into()), BATCH_BUCKETS)?
+        .install_recorder()?;
+    Ok(handle)
+}

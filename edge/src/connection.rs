@@ -38,8 +38,10 @@ type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 /// reads are not starved.
 const WRITE_BATCH: usize = 256;
 
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing handshake may take before the socket is dropped. Generous, because a
+/// slow consumer's close frame waits behind everything already in its socket buffer, and
+/// the client should see 4009 to know it must resume. The memory held meanwhile is bounded.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// What the upgrade request carried.
 #[derive(Default)]

@@ -310,18 +310,23 @@ impl Hub {
             entry.users.iter().filter(|u| !skip.iter().any(|s| s.as_str() == &***u)).cloned().collect();
         let mut frames = Frames::new(&frame);
         let mut overflowed = Vec::new();
+        let mut queued = 0u64;
+        let now = Instant::now();
         for user in &targets {
             let Some(u) = s.users.get(user) else { continue };
             for id in &u.conns {
                 if let Some(c) = s.conns.get(id) {
-                    let out = Outgoing { chat, seq: event.seq, message: frames.get(c.encoding), queued: Instant::now() };
-                    if c.outbox.push(out, false, self.queue_limit) == Pushed::Overflow {
-                        overflowed.push(*id);
+                    let out = Outgoing { chat, seq: event.seq, message: frames.get(c.encoding), queued: now };
+                    match c.outbox.push(out, false, self.queue_limit) {
+                        Pushed::Queued => queued += 1,
+                        Pushed::Overflow => overflowed.push(*id),
+                        _ => {}
                     }
                 }
             }
         }
         metrics::counter!("edge_events_forwarded_total").increment(1);
+        count_out(&frame, queued);
         if !overflowed.is_empty() {
             metrics::counter!("edge_slow_consumers_total").increment(overflowed.len() as u64);
         }
@@ -341,12 +346,16 @@ impl Hub {
         let s = self.lock();
         let Some(u) = s.users.get(user) else { return };
         let mut frames = Frames::new(frame);
+        let mut queued = 0;
         for id in &u.conns {
             if let Some(c) = s.conns.get(id) {
                 let out = Outgoing { chat, seq, message: frames.get(c.encoding), queued: Instant::now() };
-                c.outbox.push(out, ephemeral, self.queue_limit);
+                if c.outbox.push(out, ephemeral, self.queue_limit) == Pushed::Queued {
+                    queued += 1;
+                }
             }
         }
+        count_out(frame, queued);
     }
 
     fn deliver_to_chat(&self, chat: ChatId, frame: &ServerFrame, except: Option<&str>, ephemeral: bool) {
@@ -354,17 +363,22 @@ impl Hub {
         let Some(entry) = s.chats.get(&chat) else { return };
         let mut frames = Frames::new(frame);
         let mut dropped = 0u64;
+        let mut queued = 0u64;
+        let now = Instant::now();
         for user in entry.users.iter().filter(|u| Some(&***u) != except) {
             let Some(u) = s.users.get(user) else { continue };
             for id in &u.conns {
                 if let Some(c) = s.conns.get(id) {
-                    let out = Outgoing { chat, seq: 0, message: frames.get(c.encoding), queued: Instant::now() };
-                    if c.outbox.push(out, ephemeral, self.queue_limit) == Pushed::Dropped {
-                        dropped += 1;
+                    let out = Outgoing { chat, seq: 0, message: frames.get(c.encoding), queued: now };
+                    match c.outbox.push(out, ephemeral, self.queue_limit) {
+                        Pushed::Queued => queued += 1,
+                        Pushed::Dropped => dropped += 1,
+                        _ => {}
                     }
                 }
             }
         }
+        count_out(frame, queued);
         if dropped > 0 {
             metrics::counter!("edge_ephemeral_dropped_total").increment(dropped);
         }
@@ -402,6 +416,13 @@ impl Hub {
         if let Some(after) = next {
             self.spawn_repair(r.chat, after);
         }
+    }
+}
+
+/// Counts frames queued by the hub, once per fan-out rather than once per connection.
+fn count_out(frame: &ServerFrame, n: u64) {
+    if n > 0 {
+        metrics::counter!("edge_frames_out_total", "type" => frame.kind()).increment(n);
     }
 }
 

@@ -22,4 +22,4 @@ pub mod authz;
 pub mod service;
 pub mod validate;
 
-pub use service::{Router, RouterConfig, RouterError};
+pub use service::{BoundRouter, Router, RouterConfig, RouterError};

@@ -67,15 +67,32 @@ impl Router {
         Router { store, bus, config }
     }
 
+    /// Subscribes to the request subject. When this returns, requests are queued for the
+    /// router even before [`BoundRouter::run`] starts taking them.
+    pub async fn bind(self) -> Result<BoundRouter, RouterError> {
+        let (tx, inbox) = mpsc::channel::<BusMessage>(self.config.inbox_capacity.max(1));
+        let subscription = self.bus.subscribe(ROUTER_REQUEST_SUBJECT, Some(ROUTER_QUEUE_GROUP), tx).await?;
+        Ok(BoundRouter { router: self, inbox, subscription })
+    }
+}
+
+/// A router subscribed to its requests, ready to run.
+pub struct BoundRouter {
+    router: Router,
+    inbox: mpsc::Receiver<BusMessage>,
+    subscription: bus::Subscription,
+}
+
+impl BoundRouter {
     /// Serves requests until `shutdown` fires, then finishes what is in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RouterError> {
-        let (tx, mut inbox) = mpsc::channel::<BusMessage>(self.config.inbox_capacity.max(1));
-        let subscription = self.bus.subscribe(ROUTER_REQUEST_SUBJECT, Some(ROUTER_QUEUE_GROUP), tx).await?;
+        let BoundRouter { router: this, mut inbox, subscription } = self;
+        let this = &this;
         let tracker = TaskTracker::new();
-        let shards: Vec<mpsc::Sender<Job>> = (0..self.config.shards.max(1))
+        let shards: Vec<mpsc::Sender<Job>> = (0..this.config.shards.max(1))
             .map(|_| {
-                let (tx, rx) = mpsc::channel(self.config.shard_queue.max(1));
-                let shard = Shard::new(self.store.clone(), self.bus.clone(), self.config.cache_chats);
+                let (tx, rx) = mpsc::channel(this.config.shard_queue.max(1));
+                let shard = Shard::new(this.store.clone(), this.bus.clone(), this.config.cache_chats);
                 tracker.spawn(shard.run(rx));
                 tx
             })
@@ -92,7 +109,7 @@ impl Router {
                     metrics::counter!("router_bad_envelopes_total").increment(1);
                     tracing::warn!(error = %err, "undecodable router request");
                     if let Some(reply) = msg.reply {
-                        send_reply(&*self.bus, &reply, RouterReply::error(ErrorCode::BadFrame, "bad envelope")).await;
+                        send_reply(&*this.bus, &reply, RouterReply::error(ErrorCode::BadFrame, "bad envelope")).await;
                     }
                     continue;
                 }
@@ -107,8 +124,8 @@ impl Router {
                     }
                 }
                 None => {
-                    let ctx = (self.store.clone(), self.bus.clone());
-                    let max_presence = self.config.max_presence_chats;
+                    let ctx = (this.store.clone(), this.bus.clone());
+                    let max_presence = this.config.max_presence_chats;
                     tracker.spawn(async move { unsequenced(ctx, job, max_presence).await });
                 }
             }

@@ -43,6 +43,7 @@ pub async fn run(
 
     let router_stop = CancellationToken::new();
     let router = Router::new(store.clone(), bus.clone(), config.router);
+    let router = router.bind().await.context("router")?;
     let router_task = tokio::spawn(router.run(router_stop.clone()));
 
     let edge = Edge::new(config.edge, config.auth, bus);

@@ -1,0 +1,150 @@
+//! Hostile and broken clients: each gets a documented error frame or close code, and the
+//! server keeps serving everyone else.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fixture;
+
+use std::time::Duration;
+
+use client::tungstenite::Message;
+use client::{cursor, Client};
+use fixture::*;
+use protocol::{ChatKind, ClientFrame, ServerFrame};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_close_with_1009() {
+    let server = TestServer::start(&[]);
+    let big = vec![b'x'; protocol::limits::MAX_CLIENT_FRAME_BYTES + 1];
+    let mut c = server.connect("alice", Json).await;
+    c.send_raw(Message::Text(String::from_utf8(big.clone()).unwrap().into())).await.unwrap();
+    assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(1009));
+    let mut c = server.connect("alice", Bincode).await;
+    c.send_raw(Message::Binary(big.into())).await.unwrap();
+    assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(1009));
+    // The server is fine.
+    let mut c = server.connect("alice", Json).await;
+    assert!(matches!(c.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_frames_get_error_frames() {
+    let server = TestServer::start(&[]);
+    let mut c = server.connect("alice", Json).await;
+    for (raw, code) in [
+        (r#"{"type":"send","req":1"#, "bad_frame"),
+        (r#"{"type":"send","req":1}"#, "bad_frame"),
+        (r#"[1,2,3]"#, "bad_frame"),
+        (r#"{"type":"frobnicate","req":1}"#, "unknown_op"),
+        (r#"{"type":"send","req":1,"chat":-5,"client_msg_id":"a","body":"b"}"#, "bad_frame"),
+    ] {
+        c.send_raw(Message::Text(raw.into())).await.unwrap();
+        assert_eq!(error_code(&c.recv().await.unwrap()), code, "{raw}");
+    }
+    assert!(matches!(c.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
+
+    let mut c = server.connect("alice", Bincode).await;
+    let mut hostile = vec![0u8, 0xFF];
+    hostile.extend_from_slice(&u64::MAX.to_le_bytes());
+    for (raw, code) in [(vec![200u8], "unknown_op"), (hostile, "bad_frame"), (vec![], "bad_frame"), (vec![1, 2, 3, 4, 5], "bad_frame")] {
+        c.send_raw(Message::Binary(raw.clone().into())).await.unwrap();
+        assert_eq!(error_code(&c.recv().await.unwrap()), code, "{raw:?}");
+    }
+    assert!(matches!(c.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_the_wrong_type_close_with_1002() {
+    let server = TestServer::start(&[]);
+    let mut c = server.connect("alice", Json).await;
+    c.send_raw(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(1002));
+    let mut c = server.connect("alice", Bincode).await;
+    c.send_raw(Message::Text("{}".into())).await.unwrap();
+    assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(1002));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_is_refused_then_closed_with_4008() {
+    let server = TestServer::start(&["--rate-requests-per-second", "2", "--rate-request-burst", "5", "--rate-max-strikes", "10"]);
+    for enc in ENCODINGS {
+        let mut c = server.connect("flooder", enc).await;
+        for i in 0..100 {
+            if c.send(&ClientFrame::Ping { req: 1000 + i }).await.is_err() {
+                break;
+            }
+        }
+        let mut pongs = 0;
+        let mut limited = 0;
+        loop {
+            match c.recv().await {
+                Ok(ServerFrame::Pong { .. }) => pongs += 1,
+                Ok(ServerFrame::Error { code, .. }) if code.as_str() == "rate_limited" => limited += 1,
+                Ok(other) => panic!("{other:?}"),
+                Err(client::ClientError::Closed { code, .. }) => {
+                    assert_eq!(code, Some(4008));
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        // The burst (5, less the empty resume the client sent) passes, then errors, then the close.
+        assert!((4..=6).contains(&pongs), "pongs {pongs}");
+        assert!(limited >= 9, "limited {limited}");
+    }
+    // Others are unaffected.
+    let mut c = server.connect("bystander", Json).await;
+    assert!(matches!(c.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_closed_with_4009_and_resumes_without_loss() {
+    let server = TestServer::start(&[
+        "--outbound-queue-bytes",
+        "65536",
+        "--rate-requests-per-second",
+        "100000",
+        "--rate-request-burst",
+        "100000",
+    ]);
+    for enc in ENCODINGS {
+        let (a, b) = (format!("a-{enc:?}"), format!("b-{enc:?}"));
+        let mut alice = server.connect(&a, enc).await;
+        let chat = created(&alice.create_chat(ChatKind::Group, "g", &[&b]).await.unwrap());
+        // Bob's socket has a tiny receive buffer, and bob stops reading after the handshake.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(server.ws.parse().unwrap()).await.unwrap();
+        let mut bob = Client::open_on(stream, &server.ws, &server.token(&b), enc).await.unwrap();
+        assert!(matches!(bob.recv().await.unwrap(), ServerFrame::Hello { .. }));
+        bob.resume(vec![]).await.unwrap();
+        let body = "z".repeat(16 * 1024);
+        let mut last = 0;
+        for i in 0..400 {
+            last = acked(&alice.send_message(chat, &format!("m{i}"), &body).await.unwrap()).0;
+        }
+        // Now bob reads: what was buffered, then 4009.
+        let mut seen = 0;
+        let code = loop {
+            match bob.recv_within(Duration::from_secs(15)).await {
+                Ok(ServerFrame::Event { event, .. }) => {
+                    assert!(event.seq == seen + 1 || seen == 0, "gap before the close: {seen} → {}", event.seq);
+                    seen = event.seq;
+                }
+                Ok(_) => {}
+                Err(client::ClientError::Closed { code, .. }) => break code,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(code, Some(4009));
+        assert!(seen < last, "the close came before everything was delivered");
+        // Bob comes back with a normal socket and resumes from what he saw.
+        let (mut bob, frames) = Client::connect_resuming(&server.ws, &server.token(&b), enc, vec![cursor(chat, seen)]).await.unwrap();
+        let mut seqs: Vec<u64> = events_of(&frames, chat).iter().map(|e| e.seq).collect();
+        while seqs.last().copied().unwrap_or(seen) < last {
+            if let ServerFrame::Event { event, .. } = bob.wait_for(|f| matches!(f, ServerFrame::Event { .. })).await.unwrap() {
+                seqs.push(event.seq);
+            }
+        }
+        assert_eq!(seqs, ((seen + 1)..=last).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,186 @@
+//! Process lifecycle: graceful drain on SIGTERM, durability across `kill -9`, health and
+//! metrics endpoints, configuration errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fixture;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use client::Client;
+use fixture::*;
+use protocol::{ChatKind, ClientFrame, EventBody, ServerFrame};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_goaway_and_1001_then_exits_zero() {
+    let mut server = TestServer::start(&["--drain-batch", "1", "--drain-interval", "700ms", "--shutdown-deadline", "20s"]);
+    assert_eq!(server.admin_get("/readyz").await.0, 200);
+    let mut clients = Vec::new();
+    for (i, enc) in [Json, Bincode, Json].into_iter().enumerate() {
+        clients.push(server.connect(&format!("u{i}"), enc).await);
+    }
+    server.signal("TERM");
+    // Draining: not ready for new clients (three batches, 700 ms apart, leave time to look).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.admin_get("/readyz").await.0, 503);
+    assert_eq!(server.admin_get("/healthz").await.0, 200);
+    for c in &mut clients {
+        match c.recv().await.unwrap() {
+            ServerFrame::GoAway { reconnect_after_ms, .. } => assert!(reconnect_after_ms > 0),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.closed_code(Duration::from_secs(10)).await, Some(1001));
+    }
+    let status = server.wait_exit(Duration::from_secs(20)).expect("exited");
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_bounds_shutdown() {
+    // One batch per 10 s would take 30 s for three clients; the 2 s deadline cuts it short.
+    let mut server = TestServer::start(&["--drain-batch", "1", "--drain-interval", "10s", "--shutdown-deadline", "2s"]);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        clients.push(server.connect(&format!("u{i}"), Json).await);
+    }
+    let started = std::time::Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(15)).expect("exited");
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for c in &mut clients {
+        assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(1001));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_acknowledged_message() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_in(temp.path(), &["--rate-requests-per-second", "100000", "--rate-request-burst", "100000"]);
+    let mut alice = server.connect("alice", Bincode).await;
+    let mut chats = Vec::new();
+    for _ in 0..3 {
+        chats.push(created(&alice.create_chat(ChatKind::Group, "g", &["bob"]).await.unwrap()));
+    }
+    // Three writers, pipelined 16 deep each, so that the kill lands with a group commit in flight.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (w, &chat) in chats.iter().enumerate() {
+        let (ws, token, tx) = (server.ws.clone(), server.token("alice"), tx.clone());
+        tokio::spawn(async move {
+            let mut c = Client::connect(&ws, &token, Bincode).await.unwrap();
+            let mut next = 0u64;
+            let mut inflight = BTreeMap::new();
+            loop {
+                while inflight.len() < 16 {
+                    let req = c.req();
+                    let frame = ClientFrame::Send { req, chat, client_msg_id: format!("w{w}-{next}"), body: format!("body w{w}-{next}") };
+                    if c.send(&frame).await.is_err() {
+                        return;
+                    }
+                    inflight.insert(req, next);
+                    next += 1;
+                }
+                match c.recv().await {
+                    Ok(ServerFrame::Ack { req, seq, .. }) => {
+                        let n = inflight.remove(&req).unwrap();
+                        let _ = tx.send((chat, seq, format!("w{w}-{n}")));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut acked = Vec::new();
+    while acked.len() < 600 {
+        acked.push(rx.recv().await.unwrap());
+    }
+    server.kill9();
+    while let Some(a) = rx.recv().await {
+        acked.push(a);
+    }
+    drop(alice);
+
+    let server = TestServer::start_in(temp.path(), &[]);
+    let mut alice = server.connect("alice", Json).await;
+    for &chat in &chats {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            match alice.request(|req| ClientFrame::History { req, chat, before: None, after: Some(after), limit: Some(200) }).await.unwrap() {
+                ServerFrame::History { events: page, more, .. } => {
+                    after = page.last().map(|e| e.seq).unwrap_or(after);
+                    events.extend(page);
+                    if !more {
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Gap-free from 1, every message whole.
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=events.len() as u64).collect::<Vec<_>>());
+        let mut by_seq = BTreeMap::new();
+        for e in &events[1..] {
+            match &e.body {
+                EventBody::Message { client_msg_id, text, .. } => {
+                    assert_eq!(text, &format!("body {client_msg_id}"), "half-written message");
+                    by_seq.insert(e.seq, client_msg_id.clone());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for (c, seq, id) in acked.iter().filter(|(c, ..)| *c == chat) {
+            assert_eq!(by_seq.get(seq), Some(id), "acked message lost in chat {c} at seq {seq}");
+        }
+    }
+    assert!(acked.len() >= 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_endpoints() {
+    let server = TestServer::start(&[]);
+    assert_eq!(server.admin_get("/healthz").await, (200, "ok\n".into()));
+    assert_eq!(server.admin_get("/readyz").await.0, 200);
+    assert_eq!(server.admin_get("/nope").await.0, 404);
+    let mut alice = server.connect("alice", Json).await;
+    let mut bob = server.connect("bob", Bincode).await;
+    let chat = created(&alice.create_chat(ChatKind::Direct, "", &["bob"]).await.unwrap());
+    acked(&alice.send_message(chat, "1", "hi").await.unwrap());
+    let _ = bob.wait_for(|f| matches!(f, ServerFrame::Event { event, .. } if event.seq == 2)).await.unwrap();
+    let _ = alice.send_message(chat, "", "").await.unwrap();
+    let (code, body) = server.admin_get("/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "edge_connections 2",
+        "edge_frames_in_total{type=\"send\"}",
+        "edge_frames_out_total{type=\"event\"}",
+        "edge_errors_total{code=\"invalid\"}",
+        "edge_auth_total{result=\"ok\"}",
+        "router_appends_total",
+        "edge_delivery_seconds_bucket",
+        "router_write_seconds_bucket",
+        "store_group_commit_writes_bucket",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
+    }
+}
+
+#[test]
+fn bad_configuration_exits_64() {
+    for args in [
+        vec!["standalone", "--max-frame-bytes", "5"],
+        vec!["standalone", "--no-such-flag"],
+        vec!["standalone", "--idle-timeout", "forever"],
+        vec!["standalone", "--jwt-secret", "short"],
+        vec!["frobnicate"],
+    ] {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_messenger"))
+            .args(&args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(64), "{args:?}");
+    }
+}

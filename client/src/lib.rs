@@ -10,14 +10,14 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use protocol::codec::{decode_server, encode_client, SUBPROTOCOL_BINCODE, SUBPROTOCOL_JSON};
+use protocol::codec::{SUBPROTOCOL_BINCODE, SUBPROTOCOL_JSON, decode_server, encode_client};
 use protocol::frame::ResumeCursor;
 use protocol::{ChatId, ChatKind, ClientFrame, Encoding, ServerFrame};
 use thiserror::Error;
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use tokio_tungstenite::tungstenite;
@@ -65,7 +65,12 @@ pub struct Client {
 impl Client {
     /// Opens a WebSocket to `addr` (host:port) and upgrades with the encoding's subprotocol;
     /// does not wait for `hello`.
-    pub async fn open(addr: &str, token: Option<&str>, how: TokenIn, encoding: Encoding) -> Result<Client, ClientError> {
+    pub async fn open(
+        addr: &str,
+        token: Option<&str>,
+        how: TokenIn,
+        encoding: Encoding,
+    ) -> Result<Client, ClientError> {
         let url = match (token, how) {
             (Some(t), TokenIn::Query) => format!("ws://{addr}/?token={t}"),
             _ => format!("ws://{addr}/"),
@@ -77,7 +82,8 @@ impl Client {
         };
         request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(proto));
         if let (Some(t), TokenIn::Header) = (token, how) {
-            let value = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| ClientError::Decode(e.to_string()))?;
+            let value =
+                HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| ClientError::Decode(e.to_string()))?;
             request.headers_mut().insert("authorization", value);
         }
         let (ws, _) = tokio_tungstenite::connect_async(request).await?;
@@ -90,7 +96,12 @@ impl Client {
 
     /// Upgrades an already connected TCP stream (tests use this to shrink socket buffers),
     /// presenting the token in the query.
-    pub async fn open_on(stream: TcpStream, addr: &str, token: &str, encoding: Encoding) -> Result<Client, ClientError> {
+    pub async fn open_on(
+        stream: TcpStream,
+        addr: &str,
+        token: &str,
+        encoding: Encoding,
+    ) -> Result<Client, ClientError> {
         let mut request = format!("ws://{addr}/?token={token}").into_client_request()?;
         let proto = match encoding {
             Encoding::Json => SUBPROTOCOL_JSON,
@@ -154,9 +165,9 @@ impl Client {
     pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
         let bytes = encode_client(self.encoding, frame);
         let msg = match self.encoding {
-            Encoding::Json => Message::Text(
-                tungstenite::Utf8Bytes::try_from(bytes).map_err(|e| ClientError::Decode(e.to_string()))?,
-            ),
+            Encoding::Json => {
+                Message::Text(tungstenite::Utf8Bytes::try_from(bytes).map_err(|e| ClientError::Decode(e.to_string()))?)
+            }
             Encoding::Bincode => Message::Binary(bytes),
         };
         self.ws.send(msg).await?;
@@ -189,7 +200,10 @@ impl Client {
                 Message::Text(t) => decode_server(Encoding::Json, t.as_bytes()),
                 Message::Binary(b) => decode_server(Encoding::Bincode, b),
                 Message::Close(c) => {
-                    self.closed = Some((c.as_ref().map(|c| u16::from(c.code)), c.as_ref().map(|c| c.reason.to_string()).unwrap_or_default()));
+                    self.closed = Some((
+                        c.as_ref().map(|c| u16::from(c.code)),
+                        c.as_ref().map(|c| c.reason.to_string()).unwrap_or_default(),
+                    ));
                     continue;
                 }
                 _ => continue,
@@ -283,13 +297,23 @@ impl Client {
 
     // Convenience requests.
 
-    pub async fn create_chat(&mut self, kind: ChatKind, title: &str, members: &[&str]) -> Result<ServerFrame, ClientError> {
+    pub async fn create_chat(
+        &mut self,
+        kind: ChatKind,
+        title: &str,
+        members: &[&str],
+    ) -> Result<ServerFrame, ClientError> {
         let members = members.iter().map(|s| s.to_string()).collect();
         let title = title.to_owned();
         self.request(|req| ClientFrame::CreateChat { req, kind, title, members }).await
     }
 
-    pub async fn send_message(&mut self, chat: ChatId, client_msg_id: &str, body: &str) -> Result<ServerFrame, ClientError> {
+    pub async fn send_message(
+        &mut self,
+        chat: ChatId,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<ServerFrame, ClientError> {
         let (client_msg_id, body) = (client_msg_id.to_owned(), body.to_owned());
         self.request(|req| ClientFrame::Send { req, chat, client_msg_id, body }).await
     }

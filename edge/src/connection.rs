@@ -13,23 +13,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
-use protocol::codec::{decode_client, encode_server, encode_server_json, CodecError};
+use protocol::codec::{CodecError, decode_client, encode_server, encode_server_json};
 use protocol::envelope::{RouterOp, RouterReply};
 use protocol::limits::{MAX_HISTORY_PAGE, MAX_RESUME_CHATS};
 use protocol::ratelimit::{FloodGuard, Verdict};
 use protocol::{ChatId, ClientFrame, CloseCode, Encoding, ErrorCode, Seq, ServerFrame};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
-use crate::{rpc, Shared};
+use crate::{Shared, rpc};
 
 type Ws = WebSocketStream<TcpStream>;
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
@@ -82,10 +82,18 @@ async fn close(ws: &mut Ws, code: CloseCode) {
 }
 
 /// Serves one accepted TCP connection to its end.
-pub(crate) async fn serve(stream: TcpStream, id: ConnId, shared: Arc<Shared>, draining: CancellationToken, force: CancellationToken) {
+pub(crate) async fn serve(
+    stream: TcpStream,
+    id: ConnId,
+    shared: Arc<Shared>,
+    draining: CancellationToken,
+    force: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
     let mut upgrade = Upgrade::default();
+    // The error type is tungstenite's; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let offered: Vec<&str> = req
             .headers()
@@ -95,7 +103,8 @@ pub(crate) async fn serve(stream: TcpStream, id: ConnId, shared: Arc<Shared>, dr
             .flat_map(|v| v.split(','))
             .collect();
         let Some(encoding) = Encoding::negotiate(offered.iter().copied()) else {
-            let mut err = ErrorResponse::new(Some("unsupported subprotocol; offer msg.v1.json or msg.v1.bincode".into()));
+            let mut err =
+                ErrorResponse::new(Some("unsupported subprotocol; offer msg.v1.json or msg.v1.bincode".into()));
             *err.status_mut() = StatusCode::BAD_REQUEST;
             return Err(err);
         };
@@ -104,12 +113,9 @@ pub(crate) async fn serve(stream: TcpStream, id: ConnId, shared: Arc<Shared>, dr
         }
         upgrade.encoding = Some(encoding);
         let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-        upgrade.token = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::to_owned)
-            .or_else(|| {
-                req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_owned))
-            });
+        upgrade.token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::to_owned).or_else(|| {
+            req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_owned))
+        });
         Ok(resp)
     };
     let accept = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.config.websocket()));
@@ -189,7 +195,8 @@ async fn authenticate(
             match decode_client(encoding, bytes) {
                 Ok(ClientFrame::Auth { token }) => break token,
                 _ => {
-                    let frame = ServerFrame::error(None, ErrorCode::Unauthenticated, "authenticate first: send an auth frame");
+                    let frame =
+                        ServerFrame::error(None, ErrorCode::Unauthenticated, "authenticate first: send an auth frame");
                     let _ = ws.send(encode(encoding, &frame)).await;
                     return Err(CloseCode::Unauthorized);
                 }
@@ -395,7 +402,9 @@ impl Connection {
                 return Step::Continue;
             }
             ClientFrame::Resume { req, chats } => return self.resume(req, chats).await,
-            ClientFrame::CreateChat { req, kind, title, members } => (req, RouterOp::CreateChat { kind, title, members }),
+            ClientFrame::CreateChat { req, kind, title, members } => {
+                (req, RouterOp::CreateChat { kind, title, members })
+            }
             ClientFrame::AddMembers { req, chat, users, role } => (req, RouterOp::AddMembers { chat, users, role }),
             ClientFrame::RemoveMembers { req, chat, users } => (req, RouterOp::RemoveMembers { chat, users }),
             ClientFrame::ListChats { req } => (req, RouterOp::ListChats),
@@ -419,7 +428,11 @@ impl Connection {
     /// that the client sees each chat gap-free and without duplicates across the seam.
     async fn resume(&mut self, req: u64, chats: Vec<protocol::frame::ResumeCursor>) -> Step {
         if chats.len() > MAX_RESUME_CHATS {
-            let err = ServerFrame::error(Some(req), ErrorCode::Invalid, format!("at most {MAX_RESUME_CHATS} chats per resume"));
+            let err = ServerFrame::error(
+                Some(req),
+                ErrorCode::Invalid,
+                format!("at most {MAX_RESUME_CHATS} chats per resume"),
+            );
             return self.push_reply(encode(self.encoding, &err));
         }
         let timeout = self.shared.config.request_timeout;

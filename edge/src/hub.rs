@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bus::{Bus, BusMessage, Subscription};
 use protocol::codec::{decode_envelope, encode_server, encode_server_json};
-use protocol::envelope::{chat_subject, user_subject, BusEvent, RouterOp, RouterReply};
+use protocol::envelope::{BusEvent, RouterOp, RouterReply, chat_subject, user_subject};
 use protocol::limits::MAX_HISTORY_PAGE;
 use protocol::{ChatId, Encoding, Event, EventBody, PresenceStatus, ServerFrame};
 use tokio::sync::mpsc;
@@ -85,9 +85,10 @@ impl<'a> Frames<'a> {
             Encoding::Json => {
                 self.json.get_or_insert_with(|| Message::Text(encode_server_json(self.frame).into())).clone()
             }
-            Encoding::Bincode => {
-                self.bincode.get_or_insert_with(|| Message::Binary(encode_server(Encoding::Bincode, self.frame))).clone()
-            }
+            Encoding::Bincode => self
+                .bincode
+                .get_or_insert_with(|| Message::Binary(encode_server(Encoding::Bincode, self.frame)))
+                .clone(),
         }
     }
 }

@@ -26,8 +26,8 @@ pub mod order;
 pub mod outbox;
 pub mod rpc;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bus::Bus;
@@ -92,7 +92,12 @@ impl Edge {
     /// Serves clients on `listener` until `shutdown` fires, then drains: readiness goes false,
     /// the listener closes, connected clients are sent `goaway` + close 1001 in batches, and
     /// whoever is still connected after `deadline` is closed at once.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken, deadline: Duration) -> Result<(), EdgeError> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        deadline: Duration,
+    ) -> Result<(), EdgeError> {
         let Edge { shared, runner, health } = self;
         let hub_stop = CancellationToken::new();
         let hub_task = tokio::spawn(shared.hub.clone().run(runner, hub_stop.clone()));

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use bus::{Bus, BusError};
-use protocol::codec::{decode_envelope, encode_envelope};
-use protocol::envelope::{RouterOp, RouterReply, RouterRequest, ROUTER_REQUEST_SUBJECT};
 use protocol::ErrorCode;
+use protocol::codec::{decode_envelope, encode_envelope};
+use protocol::envelope::{ROUTER_REQUEST_SUBJECT, RouterOp, RouterReply, RouterRequest};
 
 /// Sends `op` on behalf of `user` and waits for the router's reply. Bus failures and
 /// undecodable replies become `unavailable` errors: the client may retry.

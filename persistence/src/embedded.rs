@@ -122,10 +122,7 @@ impl EmbeddedStore {
 
     async fn write(&self, op: WriteOp) -> Result<WriteDone, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writes
-            .send(WriteJob { op, reply })
-            .await
-            .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        self.writes.send(WriteJob { op, reply }).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         rx.await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
 
@@ -263,10 +260,10 @@ fn apply_create(t: &mut Tables<'_>, new: &NewChat) -> Applied<Created> {
     } else {
         None
     };
-    if let Some((a, b)) = &direct_key {
-        if let Some(existing) = t.direct.get((a.as_str(), b.as_str()))? {
-            return Ok(Ok(Created::Existing { chat: existing.value() }));
-        }
+    if let Some((a, b)) = &direct_key
+        && let Some(existing) = t.direct.get((a.as_str(), b.as_str()))?
+    {
+        return Ok(Ok(Created::Existing { chat: existing.value() }));
     }
     if t.chats.get(new.id)?.is_some() {
         return Ok(Err(StoreError::Unavailable("chat id collision; retry".into())));
@@ -313,7 +310,12 @@ fn apply_append(t: &mut Tables<'_>, a: &Append) -> Applied<Appended> {
                 let (seq, ts) = prev.value();
                 return Ok(Ok(Appended::Duplicate { seq, ts }));
             }
-            EventBody::Message { client_msg_id: client_msg_id.clone(), text: text.clone(), edited: false, deleted: false }
+            EventBody::Message {
+                client_msg_id: client_msg_id.clone(),
+                text: text.clone(),
+                edited: false,
+                deleted: false,
+            }
         }
         Mutation::Edit { target, text } => EventBody::Edited { target: *target, text: text.clone() },
         Mutation::Delete { target } => EventBody::Deleted { target: *target },
@@ -474,7 +476,11 @@ impl Store for EmbeddedStore {
                 return Ok(HistoryPage { events, more });
             }
             let iter = table.range(range).map_err(unavailable)?;
-            let mut push = |item: Result<(redb::AccessGuard<'_, (u64, u64)>, redb::AccessGuard<'_, &[u8]>), redb::StorageError>| -> Result<bool, StoreError> {
+            let mut push = |item: Result<
+                (redb::AccessGuard<'_, (u64, u64)>, redb::AccessGuard<'_, &[u8]>),
+                redb::StorageError,
+            >|
+             -> Result<bool, StoreError> {
                 if events.len() == limit {
                     more = true;
                     return Ok(false);

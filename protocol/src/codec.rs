@@ -212,8 +212,8 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{ChatKind, Event, EventBody};
     use crate::ErrorCode;
+    use crate::frame::{ChatKind, Event, EventBody};
 
     fn all_client_frames() -> Vec<ClientFrame> {
         vec![

@@ -7,7 +7,7 @@ use bincode::{Decode, Encode};
 
 use crate::error::ErrorCode;
 use crate::frame::{ChatKind, ChatSummary, Event, PresenceStatus, Role};
-use crate::ids::{subject_token, ChatId, Seq, UserId};
+use crate::ids::{ChatId, Seq, UserId, subject_token};
 
 /// Subject on which routers take requests (a queue group shares the load).
 pub const ROUTER_REQUEST_SUBJECT: &str = "router.req";
@@ -38,19 +38,53 @@ pub struct RouterRequest {
 /// What the user asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum RouterOp {
-    CreateChat { kind: ChatKind, title: String, members: Vec<UserId> },
-    AddMembers { chat: ChatId, users: Vec<UserId>, role: Role },
-    RemoveMembers { chat: ChatId, users: Vec<UserId> },
+    CreateChat {
+        kind: ChatKind,
+        title: String,
+        members: Vec<UserId>,
+    },
+    AddMembers {
+        chat: ChatId,
+        users: Vec<UserId>,
+        role: Role,
+    },
+    RemoveMembers {
+        chat: ChatId,
+        users: Vec<UserId>,
+    },
     ListChats,
     /// The ids of every chat the user is a member of (edges subscribe to them).
     ChatIds,
-    Send { chat: ChatId, client_msg_id: String, body: String },
-    Edit { chat: ChatId, target: Seq, body: String },
-    Delete { chat: ChatId, target: Seq },
-    History { chat: ChatId, before: Option<Seq>, after: Option<Seq>, limit: u32 },
-    Read { chat: ChatId, seq: Seq },
-    Typing { chat: ChatId },
-    Presence { status: PresenceStatus },
+    Send {
+        chat: ChatId,
+        client_msg_id: String,
+        body: String,
+    },
+    Edit {
+        chat: ChatId,
+        target: Seq,
+        body: String,
+    },
+    Delete {
+        chat: ChatId,
+        target: Seq,
+    },
+    History {
+        chat: ChatId,
+        before: Option<Seq>,
+        after: Option<Seq>,
+        limit: u32,
+    },
+    Read {
+        chat: ChatId,
+        seq: Seq,
+    },
+    Typing {
+        chat: ChatId,
+    },
+    Presence {
+        status: PresenceStatus,
+    },
 }
 
 /// The router's answer.

@@ -214,34 +214,80 @@ pub enum ServerFrame {
         heartbeat_ms: u64,
         max_frame_bytes: u64,
     },
-    Pong { req: ReqId },
+    Pong {
+        req: ReqId,
+    },
     /// A sequenced write is durable: `send`, `edit`, `delete`, `add_members`, `remove_members`.
     /// `duplicate` is true when this repeats the ack of an earlier send with the same id.
-    Ack { req: ReqId, chat: ChatId, seq: Seq, ts: u64, duplicate: bool },
+    Ack {
+        req: ReqId,
+        chat: ChatId,
+        seq: Seq,
+        ts: u64,
+        duplicate: bool,
+    },
     /// Reply to `create_chat`; `created` is false when an existing direct chat is returned.
-    ChatCreated { req: ReqId, chat: ChatSummary, created: bool },
+    ChatCreated {
+        req: ReqId,
+        chat: ChatSummary,
+        created: bool,
+    },
     /// Reply to `list_chats`.
-    Chats { req: ReqId, chats: Vec<ChatSummary> },
+    Chats {
+        req: ReqId,
+        chats: Vec<ChatSummary>,
+    },
     /// Reply to `history`; events ascend by seq; `more` says whether older (for `before` or
     /// latest) or newer (for `after`) events remain beyond this page.
-    History { req: ReqId, chat: ChatId, events: Vec<Event>, more: bool },
+    History {
+        req: ReqId,
+        chat: ChatId,
+        events: Vec<Event>,
+        more: bool,
+    },
     /// Resume of `chat` is complete: every event up to `last_seq` was sent; live ones follow.
-    Resumed { req: ReqId, chat: ChatId, last_seq: Seq },
+    Resumed {
+        req: ReqId,
+        chat: ChatId,
+        last_seq: Seq,
+    },
     /// Success without data (`read`).
-    Ok { req: ReqId },
+    Ok {
+        req: ReqId,
+    },
     /// An event in a chat's stream, live or during resume.
-    Event { chat: ChatId, event: Event },
+    Event {
+        chat: ChatId,
+        event: Event,
+    },
     /// A member's read cursor moved.
-    Receipt { chat: ChatId, user: UserId, seq: Seq },
+    Receipt {
+        chat: ChatId,
+        user: UserId,
+        seq: Seq,
+    },
     /// A member is typing.
-    Typing { chat: ChatId, user: UserId },
+    Typing {
+        chat: ChatId,
+        user: UserId,
+    },
     /// A member's presence changed.
-    Presence { user: UserId, status: PresenceStatus },
+    Presence {
+        user: UserId,
+        status: PresenceStatus,
+    },
     /// A request failed (`req` absent when the frame had none or could not be decoded).
-    Error { req: Option<ReqId>, code: ErrorCode, message: String },
+    Error {
+        req: Option<ReqId>,
+        code: ErrorCode,
+        message: String,
+    },
     /// The server is going away: reconnect after the delay (to any node), then resume.
     /// A close with code 1001 follows.
-    GoAway { reconnect_after_ms: u64, reason: String },
+    GoAway {
+        reconnect_after_ms: u64,
+        reason: String,
+    },
 }
 
 impl ServerFrame {

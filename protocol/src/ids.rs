@@ -18,9 +18,7 @@ pub type UserId = String;
 pub fn valid_user_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_USER_ID_BYTES
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
 }
 
 /// True when `id` is a well-formed client message id: 1 to 64 printable ASCII bytes.

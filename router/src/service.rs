@@ -12,8 +12,8 @@ use futures_util::stream::FuturesOrdered;
 use persistence::{Append, Appended, Created, Mutation, NewChat, Page, Store, StoreError};
 use protocol::codec::{decode_envelope, encode_envelope};
 use protocol::envelope::{
-    chat_subject, user_subject, BusEvent, RouterOp, RouterReply, RouterRequest, ROUTER_QUEUE_GROUP,
-    ROUTER_REQUEST_SUBJECT,
+    BusEvent, ROUTER_QUEUE_GROUP, ROUTER_REQUEST_SUBJECT, RouterOp, RouterReply, RouterRequest, chat_subject,
+    user_subject,
 };
 use protocol::limits::{DEFAULT_HISTORY_PAGE, MAX_CHAT_ID, MAX_HISTORY_PAGE};
 use protocol::{ChatId, ChatKind, ChatSummary, ErrorCode, EventBody, Role, UserId};
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::authz::{authorize, Action, Denied};
+use crate::authz::{Action, Denied, authorize};
 use crate::validate;
 
 /// Router settings.
@@ -42,7 +42,13 @@ pub struct RouterConfig {
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { shards: 8, shard_queue: 1024, inbox_capacity: 4096, cache_chats: 100_000, max_presence_chats: 1000 }
+        RouterConfig {
+            shards: 8,
+            shard_queue: 1024,
+            inbox_capacity: 4096,
+            cache_chats: 100_000,
+            max_presence_chats: 1000,
+        }
     }
 }
 
@@ -400,13 +406,12 @@ impl Shard {
         }
     }
 
-
     /// Kind and role from the cache, or the store.
     async fn facts(&mut self, chat: ChatId, user: &str) -> Result<(ChatKind, Option<Role>), RouterReply> {
-        if let Some(c) = self.cache.get(&chat) {
-            if let Some(role) = c.roles.get(user) {
-                return Ok((c.kind, *role));
-            }
+        if let Some(c) = self.cache.get(&chat)
+            && let Some(role) = c.roles.get(user)
+        {
+            return Ok((c.kind, *role));
         }
         let kind = match self.cache.get(&chat) {
             Some(c) => c.kind,
@@ -458,7 +463,10 @@ impl Shard {
                 }
                 let target_event = match self.store.event(chat, *target).await {
                     Ok(Some(e)) if matches!(e.body, EventBody::Message { deleted: false, .. }) => e,
-                    Ok(_) => return reply_to(&self.bus, &job, RouterReply::error(ErrorCode::NotFound, "no such message")).await,
+                    Ok(_) => {
+                        return reply_to(&self.bus, &job, RouterReply::error(ErrorCode::NotFound, "no such message"))
+                            .await;
+                    }
                     Err(e) => return reply_to(&self.bus, &job, store_error(e)).await,
                 };
                 let action = match edit_body {

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a complete node (edge + router + embedded store) in one process.
-    Standalone(StandaloneArgs),
+    Standalone(Box<StandaloneArgs>),
     /// Mint a development token (HS256) for a user.
     Token(TokenArgs),
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use edge::Authenticator;
 use router::RouterConfig;
-use server::config::{Cli, Command, StandaloneArgs, EXIT_CONFIG};
+use server::config::{Cli, Command, EXIT_CONFIG, StandaloneArgs};
 use server::standalone::{self, StandaloneConfig};
 use server::{telemetry, token};
 use tokio::net::TcpListener;
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
                 eprintln!("error: {err:#}");
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
-            match serve(args, config) {
+            match serve(*args, config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");
@@ -104,14 +104,21 @@ fn serve(args: StandaloneArgs, config: StandaloneConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
-        let admin = TcpListener::bind(args.admin_listen).await.with_context(|| format!("bind {}", args.admin_listen))?;
+        let admin =
+            TcpListener::bind(args.admin_listen).await.with_context(|| format!("bind {}", args.admin_listen))?;
         let (ws, http) = (listener.local_addr()?, admin.local_addr()?);
         // Fixtures and humans read this line; keep its shape.
         println!("listening ws={ws} admin={http}");
         println!("connect: ws://{ws}/?token=$(messenger token --user alice --data-dir {})", args.data_dir.display());
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
-        let render = Arc::new(move || metrics.render());
+        if let Some(limit) = telemetry::open_files_limit() {
+            tracing::info!(limit, "open files limit: at most about this many connections");
+        }
+        let render = Arc::new(move || {
+            telemetry::sample_process();
+            metrics.render()
+        });
         standalone::run(config, listener, admin, render, shutdown).await
     })
 }
@@ -119,7 +126,7 @@ fn serve(args: StandaloneArgs, config: StandaloneConfig) -> anyhow::Result<()> {
 async fn on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             return;
         };

@@ -26,3 +26,27 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()?;
     Ok(handle)
 }
+
+/// Samples process gauges (resident memory, open files) for the next render; Linux only,
+/// elsewhere they are left unset.
+pub fn sample_process() {
+    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
+        && let Some(pages) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok())
+    {
+        metrics::gauge!("process_resident_memory_bytes").set(pages * PAGE_BYTES);
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(dir.count() as f64);
+    }
+}
+
+/// Page size for /proc/self/statm. 4 KiB on every Linux target we run on.
+const PAGE_BYTES: f64 = 4096.0;
+
+/// The soft limit on open files, from /proc/self/limits (Linux), for the start-up log: one
+/// connection costs one file.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde::Serialize;
 
 /// File in the data directory holding the development HS256 secret.
@@ -35,9 +35,8 @@ pub fn dev_secret(data_dir: &Path, create: bool) -> anyhow::Result<String> {
             write_private(&path, &secret).with_context(|| format!("write {}", path.display()))?;
             Ok(secret)
         }
-        Err(e) => Err(e).with_context(|| {
-            format!("read {} (start the standalone node once, or pass --secret)", path.display())
-        }),
+        Err(e) => Err(e)
+            .with_context(|| format!("read {} (start the standalone node once, or pass --secret)", path.display())),
     }
 }
 

@@ -7,7 +7,7 @@ mod fixture;
 use std::time::Duration;
 
 use client::tungstenite::Message;
-use client::{cursor, Client};
+use client::{Client, cursor};
 use fixture::*;
 use protocol::{ChatKind, ClientFrame, ServerFrame};
 
@@ -45,7 +45,9 @@ async fn malformed_and_unknown_frames_get_error_frames() {
     let mut c = server.connect("alice", Bincode).await;
     let mut hostile = vec![0u8, 0xFF];
     hostile.extend_from_slice(&u64::MAX.to_le_bytes());
-    for (raw, code) in [(vec![200u8], "unknown_op"), (hostile, "bad_frame"), (vec![], "bad_frame"), (vec![1, 2, 3, 4, 5], "bad_frame")] {
+    for (raw, code) in
+        [(vec![200u8], "unknown_op"), (hostile, "bad_frame"), (vec![], "bad_frame"), (vec![1, 2, 3, 4, 5], "bad_frame")]
+    {
         c.send_raw(Message::Binary(raw.clone().into())).await.unwrap();
         assert_eq!(error_code(&c.recv().await.unwrap()), code, "{raw:?}");
     }
@@ -65,7 +67,14 @@ async fn frames_of_the_wrong_type_close_with_1002() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flooding_is_refused_then_closed_with_4008() {
-    let server = TestServer::start(&["--rate-requests-per-second", "2", "--rate-request-burst", "5", "--rate-max-strikes", "10"]);
+    let server = TestServer::start(&[
+        "--rate-requests-per-second",
+        "2",
+        "--rate-request-burst",
+        "5",
+        "--rate-max-strikes",
+        "10",
+    ]);
     for enc in ENCODINGS {
         let mut c = server.connect("flooder", enc).await;
         for i in 0..100 {
@@ -138,10 +147,13 @@ async fn a_slow_reader_is_closed_with_4009_and_resumes_without_loss() {
         assert_eq!(code, Some(4009));
         assert!(seen < last, "the close came before everything was delivered");
         // Bob comes back with a normal socket and resumes from what he saw.
-        let (mut bob, frames) = Client::connect_resuming(&server.ws, &server.token(&b), enc, vec![cursor(chat, seen)]).await.unwrap();
+        let (mut bob, frames) =
+            Client::connect_resuming(&server.ws, &server.token(&b), enc, vec![cursor(chat, seen)]).await.unwrap();
         let mut seqs: Vec<u64> = events_of(&frames, chat).iter().map(|e| e.seq).collect();
         while seqs.last().copied().unwrap_or(seen) < last {
-            if let ServerFrame::Event { event, .. } = bob.wait_for(|f| matches!(f, ServerFrame::Event { .. })).await.unwrap() {
+            if let ServerFrame::Event { event, .. } =
+                bob.wait_for(|f| matches!(f, ServerFrame::Event { .. })).await.unwrap()
+            {
                 seqs.push(event.seq);
             }
         }

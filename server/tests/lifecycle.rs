@@ -13,7 +13,8 @@ use protocol::{ChatKind, ClientFrame, EventBody, ServerFrame};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_goaway_and_1001_then_exits_zero() {
-    let mut server = TestServer::start(&["--drain-batch", "1", "--drain-interval", "700ms", "--shutdown-deadline", "20s"]);
+    let mut server =
+        TestServer::start(&["--drain-batch", "1", "--drain-interval", "700ms", "--shutdown-deadline", "20s"]);
     assert_eq!(server.admin_get("/readyz").await.0, 200);
     let mut clients = Vec::new();
     for (i, enc) in [Json, Bincode, Json].into_iter().enumerate() {
@@ -56,7 +57,8 @@ async fn drain_deadline_bounds_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_acknowledged_message() {
     let temp = tempfile::tempdir().unwrap();
-    let mut server = TestServer::start_in(temp.path(), &["--rate-requests-per-second", "100000", "--rate-request-burst", "100000"]);
+    let mut server =
+        TestServer::start_in(temp.path(), &["--rate-requests-per-second", "100000", "--rate-request-burst", "100000"]);
     let mut alice = server.connect("alice", Bincode).await;
     let mut chats = Vec::new();
     for _ in 0..3 {
@@ -73,7 +75,12 @@ async fn kill_9_loses_no_acknowledged_message() {
             loop {
                 while inflight.len() < 16 {
                     let req = c.req();
-                    let frame = ClientFrame::Send { req, chat, client_msg_id: format!("w{w}-{next}"), body: format!("body w{w}-{next}") };
+                    let frame = ClientFrame::Send {
+                        req,
+                        chat,
+                        client_msg_id: format!("w{w}-{next}"),
+                        body: format!("body w{w}-{next}"),
+                    };
                     if c.send(&frame).await.is_err() {
                         return;
                     }
@@ -108,7 +115,11 @@ async fn kill_9_loses_no_acknowledged_message() {
         let mut events = Vec::new();
         let mut after = 0;
         loop {
-            match alice.request(|req| ClientFrame::History { req, chat, before: None, after: Some(after), limit: Some(200) }).await.unwrap() {
+            match alice
+                .request(|req| ClientFrame::History { req, chat, before: None, after: Some(after), limit: Some(200) })
+                .await
+                .unwrap()
+            {
                 ServerFrame::History { events: page, more, .. } => {
                     after = page.last().map(|e| e.seq).unwrap_or(after);
                     events.extend(page);

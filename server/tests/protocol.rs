@@ -5,7 +5,7 @@ mod fixture;
 
 use std::time::Duration;
 
-use client::{cursor, Client, TokenIn};
+use client::{Client, TokenIn, cursor};
 use fixture::*;
 use protocol::{ChatKind, ClientFrame, EventBody, PresenceStatus, Role, ServerFrame};
 
@@ -101,7 +101,10 @@ async fn creates_and_lists_chats() {
                 want.sort();
                 assert_eq!(ids, want, "bob is in the direct chat and the group, not the channel");
                 let g = chats.iter().find(|c| c.chat == group).unwrap();
-                assert_eq!((g.kind, g.title.as_str(), g.role, g.last_seq, g.read_seq), (ChatKind::Group, "team", Role::Member, 1, 0));
+                assert_eq!(
+                    (g.kind, g.title.as_str(), g.role, g.last_seq, g.read_seq),
+                    (ChatKind::Group, "team", Role::Member, 1, 0)
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -133,7 +136,9 @@ async fn send_is_acked_idempotent_and_reaches_every_device() {
         // Everyone was told of the new chat.
         for c in [&mut alice2, &mut bob] {
             let f = c.wait_for(is_event).await.unwrap();
-            assert!(matches!(&f, ServerFrame::Event { event, .. } if event.seq == 1 && matches!(event.body, EventBody::Created { .. })));
+            assert!(
+                matches!(&f, ServerFrame::Event { event, .. } if event.seq == 1 && matches!(event.body, EventBody::Created { .. }))
+            );
         }
         let _ = alice.wait_for(is_event).await.unwrap();
         let (seq, dup) = acked(&alice.send_message(chat, "m-1", "hello").await.unwrap());
@@ -142,7 +147,9 @@ async fn send_is_acked_idempotent_and_reaches_every_device() {
             match c.wait_for(is_event).await.unwrap() {
                 ServerFrame::Event { chat: got, event } => {
                     assert_eq!((got, event.seq, event.sender.as_str()), (chat, 2, a.as_str()));
-                    assert!(matches!(event.body, EventBody::Message { ref text, ref client_msg_id, .. } if text == "hello" && client_msg_id == "m-1"));
+                    assert!(
+                        matches!(event.body, EventBody::Message { ref text, ref client_msg_id, .. } if text == "hello" && client_msg_id == "m-1")
+                    );
                 }
                 other => panic!("{other:?}"),
             }
@@ -151,7 +158,11 @@ async fn send_is_acked_idempotent_and_reaches_every_device() {
         let (seq2, dup2) = acked(&alice.send_message(chat, "m-1", "hello").await.unwrap());
         assert_eq!((seq2, dup2), (2, true));
         assert!(bob.drain(QUIET).await.iter().all(|f| !is_event(f)), "a retried send is delivered once");
-        match bob.request(|req| ClientFrame::History { req, chat, before: None, after: None, limit: None }).await.unwrap() {
+        match bob
+            .request(|req| ClientFrame::History { req, chat, before: None, after: None, limit: None })
+            .await
+            .unwrap()
+        {
             ServerFrame::History { events, more, .. } => {
                 assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
                 assert!(!more);
@@ -180,7 +191,9 @@ async fn edits_and_deletes_are_events_and_history_pages() {
         // seqs 2..=11 are messages. Bob may not edit alice's message; alice may.
         let r = bob.request(|req| ClientFrame::Edit { req, chat, target: 2, body: "hacked".into() }).await.unwrap();
         assert_eq!(error_code(&r), "forbidden");
-        let (s, _) = acked(&alice.request(|req| ClientFrame::Edit { req, chat, target: 2, body: "edited".into() }).await.unwrap());
+        let (s, _) = acked(
+            &alice.request(|req| ClientFrame::Edit { req, chat, target: 2, body: "edited".into() }).await.unwrap(),
+        );
         assert_eq!(s, 12);
         let r = bob.request(|req| ClientFrame::Delete { req, chat, target: 3 }).await.unwrap();
         assert_eq!(error_code(&r), "forbidden");
@@ -202,18 +215,37 @@ async fn edits_and_deletes_are_events_and_history_pages() {
         assert!(matches!(&seen[seen.len() - 2].body, EventBody::Edited { target: 2, text } if text == "edited"));
         // History: latest page, before, after.
         let page = |f: ServerFrame| match f {
-            ServerFrame::History { events, more, .. } => (events.iter().map(|e| e.seq).collect::<Vec<_>>(), more, events),
+            ServerFrame::History { events, more, .. } => {
+                (events.iter().map(|e| e.seq).collect::<Vec<_>>(), more, events)
+            }
             other => panic!("{other:?}"),
         };
-        let (seqs, more, _) = page(bob.request(|req| ClientFrame::History { req, chat, before: None, after: None, limit: Some(4) }).await.unwrap());
+        let (seqs, more, _) = page(
+            bob.request(|req| ClientFrame::History { req, chat, before: None, after: None, limit: Some(4) })
+                .await
+                .unwrap(),
+        );
         assert_eq!((seqs, more), (vec![10, 11, 12, 13], true));
-        let (seqs, more, events) = page(bob.request(|req| ClientFrame::History { req, chat, before: Some(5), after: None, limit: Some(10) }).await.unwrap());
+        let (seqs, more, events) = page(
+            bob.request(|req| ClientFrame::History { req, chat, before: Some(5), after: None, limit: Some(10) })
+                .await
+                .unwrap(),
+        );
         assert_eq!((seqs, more), (vec![1, 2, 3, 4], false));
-        assert!(matches!(&events[1].body, EventBody::Message { text, edited: true, deleted: false, .. } if text == "edited"));
+        assert!(
+            matches!(&events[1].body, EventBody::Message { text, edited: true, deleted: false, .. } if text == "edited")
+        );
         assert!(matches!(&events[2].body, EventBody::Message { text, deleted: true, .. } if text.is_empty()));
-        let (seqs, more, _) = page(bob.request(|req| ClientFrame::History { req, chat, before: None, after: Some(11), limit: Some(10) }).await.unwrap());
+        let (seqs, more, _) = page(
+            bob.request(|req| ClientFrame::History { req, chat, before: None, after: Some(11), limit: Some(10) })
+                .await
+                .unwrap(),
+        );
         assert_eq!((seqs, more), (vec![12, 13], false));
-        let r = bob.request(|req| ClientFrame::History { req, chat, before: Some(3), after: Some(1), limit: None }).await.unwrap();
+        let r = bob
+            .request(|req| ClientFrame::History { req, chat, before: Some(3), after: Some(1), limit: None })
+            .await
+            .unwrap();
         assert_eq!(error_code(&r), "invalid");
     }
 }
@@ -241,7 +273,8 @@ async fn resume_has_no_gap_and_no_duplicate_while_events_keep_arriving() {
             last
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let (mut bob, frames) = Client::connect_resuming(&server.ws, &server.token(&b), enc, vec![cursor(chat, 5)]).await.unwrap();
+        let (mut bob, frames) =
+            Client::connect_resuming(&server.ws, &server.token(&b), enc, vec![cursor(chat, 5)]).await.unwrap();
         let last = sender.await.unwrap();
         let mut seqs: Vec<u64> = events_of(&frames, chat).iter().map(|e| e.seq).collect();
         while seqs.last().copied().unwrap_or(0) < last {
@@ -266,12 +299,21 @@ async fn read_receipts_are_shared_and_listed() {
         let mut bob = server.connect(&b, enc).await;
         let chat = created(&alice.create_chat(ChatKind::Direct, "", &[&b]).await.unwrap());
         acked(&alice.send_message(chat, "1", "hi").await.unwrap());
-        assert!(matches!(bob.request(|req| ClientFrame::Read { req, chat, seq: 2 }).await.unwrap(), ServerFrame::Ok { .. }));
+        assert!(matches!(
+            bob.request(|req| ClientFrame::Read { req, chat, seq: 2 }).await.unwrap(),
+            ServerFrame::Ok { .. }
+        ));
         let r = alice.wait_for(|f| matches!(f, ServerFrame::Receipt { .. })).await.unwrap();
         assert!(matches!(r, ServerFrame::Receipt { chat: c, ref user, seq: 2 } if c == chat && *user == b));
         // Cursors never move back, nor past the end.
-        assert!(matches!(bob.request(|req| ClientFrame::Read { req, chat, seq: 1 }).await.unwrap(), ServerFrame::Ok { .. }));
-        assert!(matches!(bob.request(|req| ClientFrame::Read { req, chat, seq: 99 }).await.unwrap(), ServerFrame::Ok { .. }));
+        assert!(matches!(
+            bob.request(|req| ClientFrame::Read { req, chat, seq: 1 }).await.unwrap(),
+            ServerFrame::Ok { .. }
+        ));
+        assert!(matches!(
+            bob.request(|req| ClientFrame::Read { req, chat, seq: 99 }).await.unwrap(),
+            ServerFrame::Ok { .. }
+        ));
         match bob.request(|req| ClientFrame::ListChats { req }).await.unwrap() {
             ServerFrame::Chats { chats, .. } => {
                 let c = chats.iter().find(|c| c.chat == chat).unwrap();
@@ -297,10 +339,15 @@ async fn typing_and_presence_are_ephemeral_and_rate_limited() {
         let t = bob.wait_for(|f| matches!(f, ServerFrame::Typing { .. })).await.unwrap();
         assert!(matches!(t, ServerFrame::Typing { chat: c, ref user } if c == chat && *user == a));
         bob.send(&ClientFrame::Presence { status: PresenceStatus::Away }).await.unwrap();
-        let p = alice.wait_for(|f| matches!(f, ServerFrame::Presence { status: PresenceStatus::Away, .. })).await.unwrap();
+        let p =
+            alice.wait_for(|f| matches!(f, ServerFrame::Presence { status: PresenceStatus::Away, .. })).await.unwrap();
         assert!(matches!(p, ServerFrame::Presence { ref user, .. } if *user == b));
         // Never stored: the chat holds only its creation.
-        match alice.request(|req| ClientFrame::History { req, chat, before: None, after: None, limit: None }).await.unwrap() {
+        match alice
+            .request(|req| ClientFrame::History { req, chat, before: None, after: None, limit: None })
+            .await
+            .unwrap()
+        {
             ServerFrame::History { events, .. } => assert_eq!(events.len(), 1),
             other => panic!("{other:?}"),
         }
@@ -312,7 +359,10 @@ async fn typing_and_presence_are_ephemeral_and_rate_limited() {
         assert_eq!(error_code(&e), "rate_limited");
         // Bob leaves: alice sees him offline.
         bob.close().await;
-        let p = alice.wait_for(|f| matches!(f, ServerFrame::Presence { status: PresenceStatus::Offline, .. })).await.unwrap();
+        let p = alice
+            .wait_for(|f| matches!(f, ServerFrame::Presence { status: PresenceStatus::Offline, .. }))
+            .await
+            .unwrap();
         assert!(matches!(p, ServerFrame::Presence { ref user, .. } if *user == b));
     }
 }
@@ -344,13 +394,20 @@ async fn non_members_learn_nothing_and_removed_members_stop_receiving() {
         let missing = 12345;
         for target in [chat, missing] {
             assert_eq!(error_code(&eve.send_message(target, "x", "x").await.unwrap()), "not_found");
-            let r = eve.request(|req| ClientFrame::History { req, chat: target, before: None, after: None, limit: None }).await.unwrap();
+            let r = eve
+                .request(|req| ClientFrame::History { req, chat: target, before: None, after: None, limit: None })
+                .await
+                .unwrap();
             assert_eq!(error_code(&r), "not_found");
             let r = eve.request(|req| ClientFrame::Read { req, chat: target, seq: 1 }).await.unwrap();
             assert_eq!(error_code(&r), "not_found");
-            let r = eve.request(|req| ClientFrame::Edit { req, chat: target, target: 2, body: "x".into() }).await.unwrap();
+            let r =
+                eve.request(|req| ClientFrame::Edit { req, chat: target, target: 2, body: "x".into() }).await.unwrap();
             assert_eq!(error_code(&r), "not_found");
-            let r = eve.request(|req| ClientFrame::AddMembers { req, chat: target, users: vec![e.clone()], role: Role::Admin }).await.unwrap();
+            let r = eve
+                .request(|req| ClientFrame::AddMembers { req, chat: target, users: vec![e.clone()], role: Role::Admin })
+                .await
+                .unwrap();
             assert_eq!(error_code(&r), "not_found");
         }
         let frames = eve.resume(vec![cursor(chat, 0)]).await.unwrap();
@@ -358,18 +415,40 @@ async fn non_members_learn_nothing_and_removed_members_stop_receiving() {
         assert_eq!(error_code(frames.last().unwrap()), "not_found");
         eve.send(&ClientFrame::Typing { chat }).await.unwrap();
         // Bob (a member, not an admin) cannot add or remove others.
-        let r = bob.request(|req| ClientFrame::AddMembers { req, chat, users: vec![e.clone()], role: Role::Member }).await.unwrap();
+        let r = bob
+            .request(|req| ClientFrame::AddMembers { req, chat, users: vec![e.clone()], role: Role::Member })
+            .await
+            .unwrap();
         assert_eq!(error_code(&r), "forbidden");
         // Alice removes bob: he sees his removal, then nothing more.
-        let (seq, _) = acked(&alice.request(|req| ClientFrame::RemoveMembers { req, chat, users: vec![b.clone()] }).await.unwrap());
+        let (seq, _) = acked(
+            &alice.request(|req| ClientFrame::RemoveMembers { req, chat, users: vec![b.clone()] }).await.unwrap(),
+        );
         let f = bob.wait_for(|f| matches!(f, ServerFrame::Event { event, .. } if event.seq == seq)).await.unwrap();
-        assert!(matches!(f, ServerFrame::Event { event, .. } if matches!(&event.body, EventBody::MembersRemoved { users } if users == &vec![b.clone()])));
+        assert!(
+            matches!(f, ServerFrame::Event { event, .. } if matches!(&event.body, EventBody::MembersRemoved { users } if users == &vec![b.clone()]))
+        );
         acked(&alice.send_message(chat, "2", "after removal").await.unwrap());
-        assert!(bob.drain(QUIET).await.iter().all(|f| !matches!(f, ServerFrame::Event { chat: c, event } if *c == chat && event.seq > seq)));
-        assert!(eve.drain(Duration::ZERO).await.iter().all(|f| !matches!(f, ServerFrame::Typing { .. } | ServerFrame::Event { .. })));
+        assert!(
+            bob.drain(QUIET)
+                .await
+                .iter()
+                .all(|f| !matches!(f, ServerFrame::Event { chat: c, event } if *c == chat && event.seq > seq))
+        );
+        assert!(
+            eve.drain(Duration::ZERO)
+                .await
+                .iter()
+                .all(|f| !matches!(f, ServerFrame::Typing { .. } | ServerFrame::Event { .. }))
+        );
         assert_eq!(error_code(&bob.send_message(chat, "3", "x").await.unwrap()), "not_found");
         // Added back (by an admin), eve joins and receives live from there.
-        acked(&alice.request(|req| ClientFrame::AddMembers { req, chat, users: vec![e.clone()], role: Role::Member }).await.unwrap());
+        acked(
+            &alice
+                .request(|req| ClientFrame::AddMembers { req, chat, users: vec![e.clone()], role: Role::Member })
+                .await
+                .unwrap(),
+        );
         let _ = eve.wait_for(|f| matches!(f, ServerFrame::Event { event, .. } if matches!(event.body, EventBody::MembersAdded { .. }))).await.unwrap();
         let (seq, _) = acked(&alice.send_message(chat, "4", "welcome").await.unwrap());
         let f = eve.wait_for(is_event).await.unwrap();
@@ -390,9 +469,16 @@ async fn only_admins_post_to_a_broadcast_channel() {
         assert_eq!(error_code(&reader.send_message(chat, "1", "me too").await.unwrap()), "forbidden");
         let (seq, _) = acked(&admin.send_message(chat, "1", "headline").await.unwrap());
         let f = reader.wait_for(|f| matches!(f, ServerFrame::Event { event, .. } if event.seq == seq)).await.unwrap();
-        assert!(matches!(f, ServerFrame::Event { event, .. } if matches!(&event.body, EventBody::Message { text, .. } if text == "headline")));
+        assert!(
+            matches!(f, ServerFrame::Event { event, .. } if matches!(&event.body, EventBody::Message { text, .. } if text == "headline"))
+        );
         // Promote the reader: now they post.
-        acked(&admin.request(|req| ClientFrame::AddMembers { req, chat, users: vec![b.clone()], role: Role::Admin }).await.unwrap());
+        acked(
+            &admin
+                .request(|req| ClientFrame::AddMembers { req, chat, users: vec![b.clone()], role: Role::Admin })
+                .await
+                .unwrap(),
+        );
         acked(&reader.send_message(chat, "2", "now I can").await.unwrap());
     }
 }

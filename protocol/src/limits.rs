@@ -26,6 +26,10 @@ pub const MAX_RESUME_CHATS: usize = 1024;
 /// Largest history page a client may ask for; larger `limit`s are clamped to it.
 pub const MAX_HISTORY_PAGE: u32 = 200;
 
+/// Most message text in one history page, bytes: a page stops early (with `more`) rather
+/// than exceed it, so that one reply always fits a connection's outbound queue.
+pub const MAX_HISTORY_PAGE_BYTES: usize = 256 * 1024;
+
 /// History page size when the client gives no `limit`.
 pub const DEFAULT_HISTORY_PAGE: u32 = 50;
 

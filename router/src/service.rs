@@ -15,7 +15,7 @@ use protocol::envelope::{
     BusEvent, ROUTER_QUEUE_GROUP, ROUTER_REQUEST_SUBJECT, RouterOp, RouterReply, RouterRequest, chat_subject,
     user_subject,
 };
-use protocol::limits::{DEFAULT_HISTORY_PAGE, MAX_CHAT_ID, MAX_HISTORY_PAGE};
+use protocol::limits::{DEFAULT_HISTORY_PAGE, MAX_CHAT_ID, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE_BYTES};
 use protocol::{ChatId, ChatKind, ChatSummary, ErrorCode, EventBody, Role, UserId};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -338,9 +338,50 @@ async fn history(
         (None, None) => Page::Latest { limit },
     };
     match store.history(chat, page).await {
-        Ok(p) => RouterReply::History { events: p.events, more: p.more },
+        Ok(p) => {
+            let newest_first = !matches!(page, Page::After { .. });
+            let (events, trimmed) = trim_page(p.events, newest_first);
+            RouterReply::History { events, more: p.more || trimmed }
+        }
         Err(e) => store_error(e),
     }
+}
+
+/// Bounds a page by [`MAX_HISTORY_PAGE_BYTES`] of text, keeping at least one event. For pages
+/// that read backwards (latest, before) the newest events are kept; for `after`, the oldest.
+fn trim_page(mut events: Vec<protocol::Event>, newest_first: bool) -> (Vec<protocol::Event>, bool) {
+    let size = |e: &protocol::Event| match &e.body {
+        EventBody::Message { text, .. } | EventBody::Edited { text, .. } => text.len(),
+        _ => 0,
+    };
+    let mut total = 0;
+    let keep = if newest_first {
+        events
+            .iter()
+            .rev()
+            .take_while(|e| {
+                total += size(e);
+                total <= MAX_HISTORY_PAGE_BYTES
+            })
+            .count()
+    } else {
+        events
+            .iter()
+            .take_while(|e| {
+                total += size(e);
+                total <= MAX_HISTORY_PAGE_BYTES
+            })
+            .count()
+    }
+    .max(1)
+    .min(events.len());
+    let trimmed = keep < events.len();
+    if newest_first {
+        events.drain(..events.len() - keep);
+    } else {
+        events.truncate(keep);
+    }
+    (events, trimmed)
 }
 
 /// Looks up the facts and authorizes, uncached (for unsequenced ops).
@@ -586,5 +627,41 @@ impl Shard {
                 reply_to(&self.bus, &job, reply).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Event;
+
+    fn msg(seq: u64, len: usize) -> Event {
+        Event {
+            seq,
+            ts: 0,
+            sender: "a".into(),
+            body: EventBody::Message {
+                client_msg_id: "m".into(),
+                text: "x".repeat(len),
+                edited: false,
+                deleted: false,
+            },
+        }
+    }
+
+    #[test]
+    fn pages_are_bounded_in_bytes() {
+        let big = MAX_HISTORY_PAGE_BYTES / 3;
+        let events: Vec<Event> = (1..=5).map(|s| msg(s, big)).collect();
+        let (kept, trimmed) = trim_page(events.clone(), true);
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert!(trimmed);
+        let (kept, trimmed) = trim_page(events, false);
+        assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(trimmed);
+        let (kept, trimmed) = trim_page(vec![msg(1, 10), msg(2, 10)], true);
+        assert_eq!((kept.len(), trimmed), (2, false));
+        let (kept, _) = trim_page(vec![msg(1, MAX_HISTORY_PAGE_BYTES * 2)], true);
+        assert_eq!(kept.len(), 1, "one event always fits");
     }
 }

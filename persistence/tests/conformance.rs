@@ -1,0 +1,241 @@
+//! The store conformance suite: the same checks for every backend. A backend joins by adding
+//! one `conformance!` line with a constructor.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use persistence::{
+    Append, Appended, Created, EmbeddedConfig, EmbeddedStore, Mutation, NewChat, Page, Store, StoreError,
+};
+use protocol::{ChatKind, EventBody, Role};
+
+fn new_chat(id: u64, kind: ChatKind, creator: &str, others: &[&str]) -> NewChat {
+    let mut members = vec![(creator.to_owned(), if kind == ChatKind::Direct { Role::Member } else { Role::Admin })];
+    members.extend(others.iter().map(|u| (u.to_string(), Role::Member)));
+    NewChat { id, kind, title: "t".into(), creator: creator.into(), members, ts: 1 }
+}
+
+fn message(chat: u64, sender: &str, id: &str, text: &str) -> Append {
+    Append {
+        chat,
+        sender: sender.into(),
+        ts: 2,
+        mutation: Mutation::Message { client_msg_id: id.into(), text: text.into() },
+    }
+}
+
+fn new_seq(a: Appended) -> u64 {
+    match a {
+        Appended::New(e) => e.seq,
+        other => panic!("{other:?}"),
+    }
+}
+
+pub async fn creates_chats_at_seq_1(store: Arc<dyn Store>) {
+    let c = store.create_chat(new_chat(10, ChatKind::Group, "a", &["b"])).await.unwrap();
+    match c {
+        Created::New { chat, event } => {
+            assert_eq!((chat, event.seq), (10, 1));
+            assert!(matches!(event.body, EventBody::Created { ref members, .. } if members.len() == 2));
+        }
+        other => panic!("{other:?}"),
+    }
+    let rec = store.chat(10).await.unwrap().unwrap();
+    assert_eq!((rec.kind, rec.last_seq), (ChatKind::Group, 1));
+    assert_eq!(store.role(10, "a").await.unwrap(), Some(Role::Admin));
+    assert_eq!(store.role(10, "b").await.unwrap(), Some(Role::Member));
+    assert_eq!(store.role(10, "c").await.unwrap(), None);
+    assert!(store.chat(11).await.unwrap().is_none());
+    // Direct chats exist once per pair, whoever creates them.
+    assert!(matches!(
+        store.create_chat(new_chat(20, ChatKind::Direct, "a", &["b"])).await.unwrap(),
+        Created::New { .. }
+    ));
+    assert_eq!(
+        store.create_chat(new_chat(21, ChatKind::Direct, "b", &["a"])).await.unwrap(),
+        Created::Existing { chat: 20 }
+    );
+    // An id in use is a retryable collision, not an overwrite.
+    assert!(matches!(
+        store.create_chat(new_chat(10, ChatKind::Group, "x", &[])).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    let mut ids = store.chat_ids("a").await.unwrap();
+    ids.sort();
+    assert_eq!(ids, vec![10, 20]);
+    let chats = store.user_chats("b").await.unwrap();
+    assert_eq!(chats.len(), 2);
+}
+
+pub async fn allocates_gap_free_seqs_under_concurrency(store: Arc<dyn Store>) {
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..50 {
+                seqs.push(new_seq(store.append(message(1, "a", &format!("{w}-{i}"), "x")).await.unwrap()));
+            }
+            seqs
+        }));
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        for s in t.await.unwrap() {
+            assert!(all.insert(s), "seq {s} given twice");
+        }
+    }
+    assert_eq!(all, (2..=401).collect::<BTreeSet<_>>());
+    assert_eq!(store.chat(1).await.unwrap().unwrap().last_seq, 401);
+}
+
+pub async fn sends_are_idempotent_per_sender(store: Arc<dyn Store>) {
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &["b"])).await.unwrap();
+    let first = store.append(message(1, "a", "m1", "hello")).await.unwrap();
+    let Appended::New(ev) = first else { panic!() };
+    assert_eq!(
+        store.append(message(1, "a", "m1", "hello")).await.unwrap(),
+        Appended::Duplicate { seq: ev.seq, ts: ev.ts }
+    );
+    // The same id from someone else is their own message.
+    assert_eq!(new_seq(store.append(message(1, "b", "m1", "hi")).await.unwrap()), ev.seq + 1);
+    let page = store.history(1, Page::Latest { limit: 10 }).await.unwrap();
+    assert_eq!(page.events.len(), 3);
+    assert!(store.append(message(99, "a", "m1", "x")).await.is_err_and(|e| matches!(e, StoreError::ChatNotFound)));
+}
+
+pub async fn edits_and_deletes_rewrite_their_target(store: Arc<dyn Store>) {
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
+    let m = new_seq(store.append(message(1, "a", "m", "original")).await.unwrap());
+    let edit = |target, text: &str| Append {
+        chat: 1,
+        sender: "a".into(),
+        ts: 3,
+        mutation: Mutation::Edit { target, text: text.into() },
+    };
+    let delete = |target| Append { chat: 1, sender: "a".into(), ts: 4, mutation: Mutation::Delete { target } };
+    assert_eq!(new_seq(store.append(edit(m, "changed")).await.unwrap()), m + 1);
+    let ev = store.event(1, m).await.unwrap().unwrap();
+    assert!(matches!(ev.body, EventBody::Message { ref text, edited: true, deleted: false, .. } if text == "changed"));
+    assert_eq!(new_seq(store.append(delete(m)).await.unwrap()), m + 2);
+    let ev = store.event(1, m).await.unwrap().unwrap();
+    assert!(matches!(ev.body, EventBody::Message { ref text, deleted: true, .. } if text.is_empty()));
+    // Gone targets and non-messages are refused without using a seq.
+    assert!(matches!(store.append(delete(m)).await, Err(StoreError::TargetNotFound)));
+    assert!(matches!(store.append(edit(1, "x")).await, Err(StoreError::TargetNotFound)));
+    assert!(matches!(store.append(edit(999, "x")).await, Err(StoreError::TargetNotFound)));
+    assert_eq!(store.chat(1).await.unwrap().unwrap().last_seq, m + 2);
+}
+
+pub async fn membership_changes_are_events(store: Arc<dyn Store>) {
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
+    let add = |users: &[&str], role| Append {
+        chat: 1,
+        sender: "a".into(),
+        ts: 5,
+        mutation: Mutation::AddMembers { users: users.iter().map(|u| u.to_string()).collect(), role },
+    };
+    let remove = |users: &[&str]| Append {
+        chat: 1,
+        sender: "a".into(),
+        ts: 6,
+        mutation: Mutation::RemoveMembers { users: users.iter().map(|u| u.to_string()).collect() },
+    };
+    match store.append(add(&["b", "c", "b"], Role::Member)).await.unwrap() {
+        Appended::New(e) => {
+            assert_eq!(e.seq, 2);
+            assert!(
+                matches!(e.body, EventBody::MembersAdded { ref users, role: Role::Member } if users == &["b", "c"])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(store.append(add(&["b"], Role::Member)).await, Err(StoreError::NoChange(_))));
+    assert_eq!(new_seq(store.append(add(&["b"], Role::Admin)).await.unwrap()), 3);
+    assert_eq!(store.role(1, "b").await.unwrap(), Some(Role::Admin));
+    assert_eq!(store.chat_ids("c").await.unwrap(), vec![1]);
+    assert_eq!(new_seq(store.append(remove(&["c", "zed"])).await.unwrap()), 4);
+    assert_eq!(store.role(1, "c").await.unwrap(), None);
+    assert!(store.chat_ids("c").await.unwrap().is_empty());
+    assert!(matches!(store.append(remove(&["c"])).await, Err(StoreError::NoChange(_))));
+}
+
+pub async fn pages_history(store: Arc<dyn Store>) {
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
+    for i in 0..20 {
+        store.append(message(1, "a", &i.to_string(), "x")).await.unwrap();
+    }
+    let seqs = |p: persistence::HistoryPage| (p.events.iter().map(|e| e.seq).collect::<Vec<_>>(), p.more);
+    assert_eq!(seqs(store.history(1, Page::Latest { limit: 3 }).await.unwrap()), (vec![19, 20, 21], true));
+    assert_eq!(seqs(store.history(1, Page::Before { seq: 4, limit: 10 }).await.unwrap()), (vec![1, 2, 3], false));
+    assert_eq!(seqs(store.history(1, Page::Before { seq: 10, limit: 2 }).await.unwrap()), (vec![8, 9], true));
+    assert_eq!(seqs(store.history(1, Page::After { seq: 18, limit: 10 }).await.unwrap()), (vec![19, 20, 21], false));
+    assert_eq!(seqs(store.history(1, Page::After { seq: 0, limit: 2 }).await.unwrap()), (vec![1, 2], true));
+    assert_eq!(seqs(store.history(1, Page::After { seq: 21, limit: 2 }).await.unwrap()), (vec![], false));
+    assert_eq!(seqs(store.history(1, Page::Before { seq: 1, limit: 2 }).await.unwrap()), (vec![], false));
+    assert_eq!(seqs(store.history(2, Page::Latest { limit: 2 }).await.unwrap()), (vec![], false));
+}
+
+pub async fn read_cursors_only_move_forward(store: Arc<dyn Store>) {
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &["b"])).await.unwrap();
+    for i in 0..5 {
+        store.append(message(1, "a", &i.to_string(), "x")).await.unwrap();
+    }
+    assert_eq!(store.set_read(1, "b", 3).await.unwrap(), 3);
+    assert_eq!(store.set_read(1, "b", 2).await.unwrap(), 3);
+    assert_eq!(store.set_read(1, "b", 100).await.unwrap(), 6);
+    let chats = store.user_chats("b").await.unwrap();
+    assert_eq!((chats[0].last_seq, chats[0].read_seq), (6, 6));
+    assert!(matches!(store.set_read(9, "b", 1).await, Err(StoreError::ChatNotFound)));
+}
+
+macro_rules! conformance {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
+
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        let (store, _guard) = $open;
+                        super::$name(store).await;
+                    }
+                };
+            }
+
+            case!(creates_chats_at_seq_1);
+            case!(allocates_gap_free_seqs_under_concurrency);
+            case!(sends_are_idempotent_per_sender);
+            case!(edits_and_deletes_rewrite_their_target);
+            case!(membership_changes_are_events);
+            case!(pages_history);
+            case!(read_cursors_only_move_forward);
+        }
+    };
+}
+
+fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("s.redb"))).unwrap();
+    (Arc::new(store), dir)
+}
+
+conformance!(embedded_store, embedded());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let store = EmbeddedStore::open(EmbeddedConfig::new(&path)).unwrap();
+        store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
+        store.append(message(1, "a", "m", "kept")).await.unwrap();
+    }
+    let store = EmbeddedStore::open(EmbeddedConfig::new(&path)).unwrap();
+    let page = store.history(1, Page::Latest { limit: 10 }).await.unwrap();
+    assert_eq!(page.events.len(), 2);
+    assert_eq!(new_seq(store.append(message(1, "a", "m2", "next")).await.unwrap()), 3);
+}

@@ -202,6 +202,44 @@ mod tests {
         assert_eq!(auth().verify(&token(Algorithm::HS256, "a b", 1000), 0), Err(AuthError::BadSubject));
     }
 
+    /// A throwaway Ed25519 key pair, generated for this test with `openssl genpkey`.
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIF2F7pyBYHBWyMXLIVwAZYYIhqWcrRgwSuWowDgEB1XR\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEALLnD4sBd++Wt5szvgwxixU69lavEWq50cRpJA9e5e1g=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn eddsa_public_key_verification() {
+        let key = Authenticator::public_key(ED_PUBLIC.as_bytes()).unwrap();
+        assert_eq!(key.algorithm, Algorithm::EdDSA);
+        let auth = Authenticator::new(vec![key], Some("issuer".into()), Some("chat".into())).unwrap();
+        #[derive(Serialize)]
+        struct Full<'a> {
+            sub: &'a str,
+            exp: u64,
+            iss: &'a str,
+            aud: &'a str,
+        }
+        let signing = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+        let good = encode(
+            &Header::new(Algorithm::EdDSA),
+            &Full { sub: "bob", exp: 100, iss: "issuer", aud: "chat" },
+            &signing,
+        )
+        .unwrap();
+        assert_eq!(auth.verify(&good, 50).unwrap(), "bob");
+        let wrong_aud =
+            encode(&Header::new(Algorithm::EdDSA), &Full { sub: "bob", exp: 100, iss: "issuer", aud: "x" }, &signing)
+                .unwrap();
+        assert!(auth.verify(&wrong_aud, 50).is_err());
+        // An HS256 token "signed" with the public key as a secret (algorithm confusion) fails.
+        let confused = encode(
+            &Header::new(Algorithm::HS256),
+            &Full { sub: "bob", exp: 100, iss: "issuer", aud: "chat" },
+            &EncodingKey::from_secret(ED_PUBLIC.as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(auth.verify(&confused, 50), Err(AuthError::Invalid(_))));
+    }
+
     #[test]
     fn weak_secret_is_refused() {
         assert!(Authenticator::hs256_key(b"short").is_err());

@@ -66,6 +66,7 @@ impl TestServer {
         }
         assert!(!ws.is_empty() && !admin.is_empty(), "unexpected first line {line:?}");
         let secret = std::fs::read_to_string(dir.join("dev-jwt-secret")).expect("dev secret").trim().to_owned();
+        wait_ready(&admin);
         TestServer { child: Some(child), ws, admin, dir: dir.to_owned(), _temp: None, secret }
     }
 
@@ -124,6 +125,25 @@ impl TestServer {
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
         (code, body)
     }
+}
+
+/// Polls `/readyz` until it answers 200: the node prints its addresses when bound, and is
+/// ready a moment later.
+fn wait_ready(admin: &str) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("server at {admin} never became ready");
 }
 
 impl Drop for TestServer {

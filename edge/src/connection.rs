@@ -416,7 +416,7 @@ impl Connection {
             }
             ClientFrame::Read { req, chat, seq } => (req, RouterOp::Read { chat, seq }),
         };
-        let chat = op_chat(&op);
+        let chat = op.chat();
         self.pending.push(Box::pin(async move {
             let reply = rpc::call(&*bus, &user, op, timeout).await;
             reply_frame(req, chat, reply)
@@ -507,19 +507,6 @@ fn read_error(err: &WsError) -> CloseCode {
         WsError::Capacity(_) => CloseCode::TooBig,
         WsError::Protocol(_) | WsError::Utf8(_) => CloseCode::ProtocolError,
         _ => CloseCode::Normal,
-    }
-}
-
-fn op_chat(op: &RouterOp) -> Option<ChatId> {
-    match op {
-        RouterOp::Send { chat, .. }
-        | RouterOp::Edit { chat, .. }
-        | RouterOp::Delete { chat, .. }
-        | RouterOp::History { chat, .. }
-        | RouterOp::AddMembers { chat, .. }
-        | RouterOp::RemoveMembers { chat, .. }
-        | RouterOp::Read { chat, .. } => Some(*chat),
-        _ => None,
     }
 }
 

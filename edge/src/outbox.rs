@@ -57,6 +57,18 @@ pub enum Status {
     GoAway,
 }
 
+impl State {
+    fn status(&self) -> Status {
+        if self.overflowed {
+            Status::Overflowed
+        } else if self.go_away {
+            Status::GoAway
+        } else {
+            Status::Open
+        }
+    }
+}
+
 /// The queue. Shared by the hub (producer) and the connection (consumer).
 #[derive(Default)]
 pub struct Outbox {
@@ -115,13 +127,7 @@ impl Outbox {
             // A burst is over; give its memory back rather than hold it while idle.
             s.queue = VecDeque::new();
         }
-        if s.overflowed {
-            Status::Overflowed
-        } else if s.go_away {
-            Status::GoAway
-        } else {
-            Status::Open
-        }
+        s.status()
     }
 
     /// Wakes the consumer without pushing (it has more to take).
@@ -137,14 +143,7 @@ impl Outbox {
 
     /// The queue's status without taking anything.
     pub fn status(&self) -> Status {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if s.overflowed {
-            Status::Overflowed
-        } else if s.go_away {
-            Status::GoAway
-        } else {
-            Status::Open
-        }
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).status()
     }
 
     /// Whether frames are waiting.

@@ -87,6 +87,23 @@ pub enum RouterOp {
     },
 }
 
+impl RouterOp {
+    /// The chat the op is about, if any.
+    pub fn chat(&self) -> Option<ChatId> {
+        match self {
+            RouterOp::AddMembers { chat, .. }
+            | RouterOp::RemoveMembers { chat, .. }
+            | RouterOp::Send { chat, .. }
+            | RouterOp::Edit { chat, .. }
+            | RouterOp::Delete { chat, .. }
+            | RouterOp::History { chat, .. }
+            | RouterOp::Read { chat, .. }
+            | RouterOp::Typing { chat } => Some(*chat),
+            RouterOp::CreateChat { .. } | RouterOp::ListChats | RouterOp::ChatIds | RouterOp::Presence { .. } => None,
+        }
+    }
+}
+
 /// The router's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum RouterReply {

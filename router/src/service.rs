@@ -152,25 +152,10 @@ struct Job {
 }
 
 trait OpExt {
-    fn chat(&self) -> Option<ChatId>;
     fn sequenced(&self) -> bool;
 }
 
 impl OpExt for RouterOp {
-    fn chat(&self) -> Option<ChatId> {
-        match self {
-            RouterOp::AddMembers { chat, .. }
-            | RouterOp::RemoveMembers { chat, .. }
-            | RouterOp::Send { chat, .. }
-            | RouterOp::Edit { chat, .. }
-            | RouterOp::Delete { chat, .. }
-            | RouterOp::History { chat, .. }
-            | RouterOp::Read { chat, .. }
-            | RouterOp::Typing { chat } => Some(*chat),
-            RouterOp::CreateChat { .. } | RouterOp::ListChats | RouterOp::ChatIds | RouterOp::Presence { .. } => None,
-        }
-    }
-
     /// Ops that go through the chat's shard: writes and what must see them in order.
     fn sequenced(&self) -> bool {
         matches!(

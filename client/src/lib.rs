@@ -135,23 +135,19 @@ impl Client {
         Ok((c, frames))
     }
 
-    /// Sends `resume` and collects frames until the reply is complete (a `resumed` per
-    /// chat, or an error for each that failed). Returns every frame received meanwhile.
+    /// Sends `resume` and collects frames until its closing `ok` (after a `resumed` or an
+    /// `error` per chat). Returns every frame received meanwhile, the `ok` excluded.
     pub async fn resume(&mut self, cursors: Vec<ResumeCursor>) -> Result<Vec<ServerFrame>, ClientError> {
         let req = self.req();
-        let mut expect = cursors.len();
         self.send(&ClientFrame::Resume { req, chats: cursors }).await?;
         let mut out = Vec::new();
-        while expect > 0 {
+        loop {
             let f = self.recv_raw(DEFAULT_WAIT).await?;
-            match &f {
-                ServerFrame::Resumed { req: r, .. } if *r == req => expect -= 1,
-                ServerFrame::Error { req: Some(r), .. } if *r == req => expect -= 1,
-                _ => {}
+            if matches!(f, ServerFrame::Ok { req: r } if r == req) {
+                return Ok(out);
             }
             out.push(f);
         }
-        Ok(out)
     }
 
     /// A fresh request id.

@@ -123,11 +123,16 @@ impl Authenticator {
         validation.required_spec_claims.clear();
         validation.required_spec_claims.insert("exp".into());
         validation.required_spec_claims.insert("sub".into());
+        // A configured issuer or audience must be present, not merely right when present.
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
         }
         match &self.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
             None => validation.validate_aud = false,
         }
         let data = jsonwebtoken::decode::<Claims>(token, &vk.key, &validation)
@@ -230,6 +235,13 @@ mod tests {
             encode(&Header::new(Algorithm::EdDSA), &Full { sub: "bob", exp: 100, iss: "issuer", aud: "x" }, &signing)
                 .unwrap();
         assert!(auth.verify(&wrong_aud, 50).is_err());
+        #[derive(Serialize)]
+        struct Bare<'a> {
+            sub: &'a str,
+            exp: u64,
+        }
+        let no_claims = encode(&Header::new(Algorithm::EdDSA), &Bare { sub: "bob", exp: 100 }, &signing).unwrap();
+        assert!(auth.verify(&no_claims, 50).is_err(), "configured iss/aud are required");
         // An HS256 token "signed" with the public key as a secret (algorithm confusion) fails.
         let confused = encode(
             &Header::new(Algorithm::HS256),

@@ -38,6 +38,9 @@ type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 /// reads are not starved.
 const WRITE_BATCH: usize = 256;
 
+/// How long a draining connection waits for replies to requests already in flight.
+const DRAIN_REPLY_GRACE: Duration = Duration::from_secs(3);
+
 /// How long a closing handshake may take before the socket is dropped. Generous, because a
 /// slow consumer's close frame waits behind everything already in its socket buffer, and
 /// the client should see 4009 to know it must resume. The memory held meanwhile is bounded.
@@ -145,7 +148,25 @@ pub(crate) async fn serve(
     };
     let outbox = Arc::new(Outbox::new());
     let handle = ConnHandle { user: Arc::from(user.as_str()), encoding, outbox: outbox.clone() };
-    shared.hub.attach(id, handle).await;
+    if let Err(err) = shared.hub.attach(id, handle).await {
+        // Without its subscriptions the connection would silently miss live events: close it
+        // (1011) so the client reconnects and resumes.
+        tracing::warn!(error = %err, "closing a connection that could not be registered");
+        shared.hub.detach(id).await;
+        close(&mut ws, CloseCode::InternalError).await;
+        return;
+    }
+    if draining.is_cancelled() {
+        // Authenticated while the drain was already handing out goaways: leave now.
+        shared.hub.detach(id).await;
+        let frame = ServerFrame::GoAway {
+            reconnect_after_ms: shared.config.reconnect_after.as_millis() as u64,
+            reason: "draining".into(),
+        };
+        let _ = ws.send(encode(encoding, &frame)).await;
+        close(&mut ws, CloseCode::GoingAway).await;
+        return;
+    }
     metrics::gauge!("edge_connections").increment(1.0);
     tracing::debug!(user = %user, conn = id, encoding = encoding.as_str(), "connection authenticated");
     let mut conn = Connection {
@@ -289,37 +310,27 @@ impl Connection {
     /// queue still ends the connection.
     async fn flush_outbox(&mut self, batch: &mut Vec<Outgoing>) -> Step {
         batch.clear();
-        match self.outbox.drain_into(batch, WRITE_BATCH) {
+        let max = if self.outbox.status() == Status::GoAway { usize::MAX } else { WRITE_BATCH };
+        match self.outbox.drain_into(batch, max) {
             Status::Overflowed => return Step::Close(CloseCode::SlowConsumer),
-            Status::GoAway => {
-                let frame = ServerFrame::GoAway {
-                    reconnect_after_ms: self.shared.config.reconnect_after.as_millis() as u64,
-                    reason: "draining".into(),
-                };
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.send(encode(self.encoding, &frame))).await;
-                return Step::Close(CloseCode::GoingAway);
-            }
+            Status::GoAway => return self.leave(batch).await,
             Status::Open => {}
         }
         let mut to_write = Vec::with_capacity(batch.len());
         for item in batch.drain(..) {
-            if item.seq != 0 {
-                if let Some((held, bytes)) = &mut self.held {
-                    *bytes += item.message.len();
-                    held.push(item);
-                    if *bytes > self.shared.config.outbound_queue_bytes {
-                        return Step::Close(CloseCode::SlowConsumer);
-                    }
-                    continue;
+            if let Some((held, bytes)) = &mut self.held
+                && item.seq != 0
+            {
+                *bytes += item.message.len();
+                held.push(item);
+                if *bytes > self.shared.config.outbound_queue_bytes {
+                    return Step::Close(CloseCode::SlowConsumer);
                 }
-                let last = self.delivered.entry(item.chat).or_insert(0);
-                if item.seq <= *last {
-                    continue;
-                }
-                *last = item.seq;
-                metrics::histogram!("edge_delivery_seconds").record(item.queued.elapsed().as_secs_f64());
+                continue;
             }
-            to_write.push(item.message);
+            if let Some(message) = self.admit(item) {
+                to_write.push(message);
+            }
         }
         let outbox = self.outbox.clone();
         let write = write_all(&mut self.ws, to_write);
@@ -343,6 +354,46 @@ impl Connection {
             self.outbox.wake();
         }
         Step::Continue
+    }
+
+    /// Applies the per-chat high-water mark to a frame about to be written: sequenced events
+    /// at or below what this connection already got are dropped.
+    fn admit(&mut self, item: Outgoing) -> Option<Message> {
+        if item.seq != 0 {
+            let last = self.delivered.entry(item.chat).or_insert(0);
+            if item.seq <= *last {
+                return None;
+            }
+            *last = item.seq;
+            metrics::histogram!("edge_delivery_seconds").record(item.queued.elapsed().as_secs_f64());
+        }
+        Some(item.message)
+    }
+
+    /// Drain: write what is already queued and the replies to requests in flight (within
+    /// [`DRAIN_REPLY_GRACE`]), so that no ack is lost, then `goaway` and close with 1001.
+    async fn leave(&mut self, batch: &mut Vec<Outgoing>) -> Step {
+        let encoding = self.encoding;
+        // Events held for a client that never resumed stay unsent: it resumes elsewhere.
+        let items: Vec<Outgoing> = batch.drain(..).filter(|o| self.held.is_none() || o.seq == 0).collect();
+        let queued: Vec<Message> = items.into_iter().filter_map(|o| self.admit(o)).collect();
+        let _ = tokio::time::timeout(CLOSE_GRACE, write_all(&mut self.ws, queued)).await;
+        let replies = async {
+            let mut out = Vec::new();
+            while let Some(frame) = self.pending.next().await {
+                out.push(encode(encoding, &frame));
+            }
+            out
+        };
+        if let Ok(replies) = tokio::time::timeout(DRAIN_REPLY_GRACE, replies).await {
+            let _ = tokio::time::timeout(CLOSE_GRACE, write_all(&mut self.ws, replies)).await;
+        }
+        let frame = ServerFrame::GoAway {
+            reconnect_after_ms: self.shared.config.reconnect_after.as_millis() as u64,
+            reason: "draining".into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.ws.send(encode(self.encoding, &frame))).await;
+        Step::Close(CloseCode::GoingAway)
     }
 
     async fn send_now(&mut self, frame: &ServerFrame) -> Result<(), WsError> {
@@ -436,13 +487,13 @@ impl Connection {
             return self.push_reply(encode(self.encoding, &err));
         }
         let timeout = self.shared.config.request_timeout;
-        for cursor in chats {
+        'chats: for cursor in chats {
             let chat = cursor.chat;
             let mut after = cursor.last_seq.max(self.delivered.get(&chat).copied().unwrap_or(0));
             loop {
                 let op = RouterOp::History { chat, before: None, after: Some(after), limit: MAX_HISTORY_PAGE };
                 match rpc::call(&*self.shared.bus, &self.user, op, timeout).await {
-                    RouterReply::History { events, more } => {
+                    RouterReply::History { events, more, last_seq } => {
                         for event in events {
                             if event.seq <= after {
                                 continue;
@@ -456,15 +507,19 @@ impl Connection {
                             return Step::Close(CloseCode::Normal);
                         }
                         if !more {
+                            // A cursor beyond the chat's end (a client bug, or a store restored
+                            // from backup) must not suppress the live events that follow.
+                            after = after.min(last_seq);
                             break;
                         }
                     }
                     other => {
-                        let frame = reply_frame(req, Some(chat), other);
-                        if self.send_now(&frame).await.is_err() {
+                        // This chat is not resumed (not found, or the store is unavailable):
+                        // an error instead of `resumed`; the client may retry it.
+                        if self.send_now(&reply_frame(req, Some(chat), other)).await.is_err() {
                             return Step::Close(CloseCode::Normal);
                         }
-                        break;
+                        continue 'chats;
                     }
                 }
             }
@@ -476,17 +531,14 @@ impl Connection {
         // Release what was held since `hello`: the next flush writes it through the
         // per-chat high-water marks set above.
         if let Some((held, _)) = self.held.take() {
-            let mut to_write = Vec::new();
-            for item in held {
-                let last = self.delivered.entry(item.chat).or_insert(0);
-                if item.seq > *last {
-                    *last = item.seq;
-                    to_write.push(item.message);
-                }
-            }
+            let to_write: Vec<Message> = held.into_iter().filter_map(|item| self.admit(item)).collect();
             if write_all(&mut self.ws, to_write).await.is_err() {
                 return Step::Close(CloseCode::Normal);
             }
+        }
+        // The end of the resume, even of an empty one.
+        if self.send_now(&ServerFrame::Ok { req }).await.is_err() {
+            return Step::Close(CloseCode::Normal);
         }
         Step::Continue
     }
@@ -516,7 +568,9 @@ fn reply_frame(req: u64, chat: Option<ChatId>, reply: RouterReply) -> ServerFram
         RouterReply::Ack { chat, seq, ts, duplicate } => ServerFrame::Ack { req, chat, seq, ts, duplicate },
         RouterReply::ChatCreated { chat, created } => ServerFrame::ChatCreated { req, chat, created },
         RouterReply::Chats(chats) => ServerFrame::Chats { req, chats },
-        RouterReply::History { events, more } => ServerFrame::History { req, chat: chat.unwrap_or(0), events, more },
+        RouterReply::History { events, more, .. } => {
+            ServerFrame::History { req, chat: chat.unwrap_or(0), events, more }
+        }
         RouterReply::Ok => ServerFrame::Ok { req },
         RouterReply::Error { code, message } => ServerFrame::Error { req: Some(req), code, message },
         RouterReply::ChatIds(_) => ServerFrame::error(Some(req), ErrorCode::Unavailable, "unexpected reply"),

@@ -26,6 +26,11 @@ use crate::rpc;
 /// A connection's id on this edge.
 pub type ConnId = u64;
 
+/// A connection could not be fully registered (the router or the bus is unavailable).
+#[derive(Debug, thiserror::Error)]
+#[error("attach failed: {0}")]
+pub struct AttachError(String);
+
 /// What the hub needs of a connection.
 #[derive(Clone)]
 pub struct ConnHandle {
@@ -124,8 +129,9 @@ impl Hub {
 
     /// Registers an authenticated connection and, for a user's first connection here,
     /// subscribes to the user's subject and to every chat they are a member of. When this
-    /// returns, events published from now on reach the connection.
-    pub async fn attach(&self, id: ConnId, handle: ConnHandle) {
+    /// returns `Ok`, events published from now on reach the connection. On `Err` the
+    /// connection is registered but incomplete: detach it and let the client retry.
+    pub async fn attach(&self, id: ConnId, handle: ConnHandle) -> Result<(), AttachError> {
         let user = handle.user.clone();
         let first = {
             let mut s = self.lock();
@@ -142,15 +148,14 @@ impl Hub {
             }
         };
         if !first {
-            return;
+            return Ok(());
         }
-        match self.bus.subscribe(&user_subject(&user), None, self.inbox.clone()).await {
-            Ok(sub) => {
-                if let Some(u) = self.lock().users.get_mut(&user) {
-                    u.sub = Some(sub);
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "user subscription failed"),
+        let sub = self.bus.subscribe(&user_subject(&user), None, self.inbox.clone()).await.map_err(|e| {
+            metrics::counter!("edge_attach_failures_total", "reason" => "subscribe").increment(1);
+            AttachError(format!("user subscription: {e}"))
+        })?;
+        if let Some(u) = self.lock().users.get_mut(&user) {
+            u.sub = Some(sub);
         }
         match rpc::call(&*self.bus, &user, RouterOp::ChatIds, rpc::INTERNAL_TIMEOUT).await {
             RouterReply::ChatIds(ids) => {
@@ -158,9 +163,13 @@ impl Hub {
                     self.join(&user, chat, ChatOrder::default()).await;
                 }
             }
-            other => tracing::warn!(reply = ?other, "could not list the user's chats"),
+            other => {
+                metrics::counter!("edge_attach_failures_total", "reason" => "chat_ids").increment(1);
+                return Err(AttachError(format!("listing the user's chats: {other:?}")));
+            }
         }
         self.announce(&user, PresenceStatus::Online).await;
+        Ok(())
     }
 
     /// Unregisters a connection; the last one of a user drops their subscriptions.
@@ -398,7 +407,7 @@ impl Hub {
 
     fn on_repaired(self: &Arc<Self>, r: Repaired) {
         let (events, more) = match r.reply {
-            RouterReply::History { events, more } => (events, more),
+            RouterReply::History { events, more, .. } => (events, more),
             other => {
                 metrics::counter!("edge_gap_repair_failures_total").increment(1);
                 tracing::warn!(chat = r.chat, reply = ?other, "gap repair failed");

@@ -34,6 +34,8 @@ const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events"
 const IDEMPOTENCY: TableDefinition<(u64, &str, &str), (u64, u64)> = TableDefinition::new("idempotency");
 /// (chat, user) → read cursor
 const READS: TableDefinition<(u64, &str), u64> = TableDefinition::new("reads");
+/// (chat, target seq, edit seq) → 0: the edits of a message, so a delete can erase their text.
+const EDITS: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("edits");
 /// (user a, user b) with a < b → direct chat id
 const DIRECT: TableDefinition<(&str, &str), u64> = TableDefinition::new("direct");
 
@@ -105,9 +107,10 @@ impl EmbeddedStore {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(config: EmbeddedConfig) -> Result<Self, StoreError> {
         if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("create {dir:?}: {e}")))?;
+            create_private_dir(dir).map_err(|e| StoreError::Unavailable(format!("create {dir:?}: {e}")))?;
         }
         let db = Database::create(&config.path).map_err(unavailable)?;
+        restrict_file(&config.path).map_err(|e| StoreError::Unavailable(format!("chmod {:?}: {e}", config.path)))?;
         let db = Arc::new(db);
         init_tables(&db).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -141,6 +144,29 @@ impl EmbeddedStore {
     }
 }
 
+/// Every message is in this directory in plain text: owner only.
+#[cfg(unix)]
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn restrict_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict_file(_: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -158,6 +184,7 @@ fn init_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(IDEMPOTENCY)?;
     txn.open_table(READS)?;
     txn.open_table(DIRECT)?;
+    txn.open_table(EDITS)?;
     txn.commit()?;
     Ok(())
 }
@@ -209,6 +236,7 @@ struct Tables<'t> {
     idempotency: Table<'t, (u64, &'static str, &'static str), (u64, u64)>,
     reads: Table<'t, (u64, &'static str), u64>,
     direct: Table<'t, (&'static str, &'static str), u64>,
+    edits: Table<'t, (u64, u64, u64), u8>,
 }
 
 /// Applies every job in one transaction. The outer error aborts the batch; inner errors are
@@ -226,6 +254,7 @@ fn commit_batch(db: &Database, jobs: &[WriteJob]) -> Result<Vec<Result<WriteDone
             idempotency: txn.open_table(IDEMPOTENCY)?,
             reads: txn.open_table(READS)?,
             direct: txn.open_table(DIRECT)?,
+            edits: txn.open_table(EDITS)?,
         };
         for job in jobs {
             let result = match &job.op {
@@ -308,6 +337,18 @@ fn apply_append(t: &mut Tables<'_>, a: &Append) -> Applied<Appended> {
         Mutation::Message { client_msg_id, text } => {
             if let Some(prev) = t.idempotency.get((a.chat, a.sender.as_str(), client_msg_id.as_str()))? {
                 let (seq, ts) = prev.value();
+                // A retry carries the same text; the same id with other text is a client bug
+                // that must not be papered over with the first message's ack. (A message
+                // edited or deleted since still answers as a duplicate.)
+                let original = t.events.get((a.chat, seq))?.map(|g| decode_envelope::<Event>(g.value()));
+                if let Some(Ok(Event {
+                    body: EventBody::Message { text: stored, edited: false, deleted: false, .. },
+                    ..
+                })) = original
+                    && stored != *text
+                {
+                    return Ok(Err(StoreError::Conflict));
+                }
                 return Ok(Ok(Appended::Duplicate { seq, ts }));
             }
             EventBody::Message {
@@ -377,6 +418,26 @@ fn apply_append(t: &mut Tables<'_>, a: &Append) -> Applied<Appended> {
     }
     t.events.insert((a.chat, seq), encode_envelope(&event).as_ref())?;
     match &event.body {
+        EventBody::Edited { target, .. } => {
+            t.edits.insert((a.chat, *target, seq), 0)?;
+        }
+        EventBody::Deleted { target } => {
+            // A deleted message's text must not survive in its earlier edits either.
+            let mut edit_seqs = Vec::new();
+            for item in t.edits.range((a.chat, *target, 0)..=(a.chat, *target, u64::MAX))? {
+                edit_seqs.push(item?.0.value().2);
+            }
+            for edit_seq in edit_seqs {
+                let stored = t.events.get((a.chat, edit_seq))?.map(|g| decode_envelope::<Event>(g.value()));
+                if let Some(Ok(mut ev)) = stored {
+                    if let EventBody::Edited { text, .. } = &mut ev.body {
+                        text.clear();
+                    }
+                    t.events.insert((a.chat, edit_seq), encode_envelope(&ev).as_ref())?;
+                }
+                t.edits.remove((a.chat, *target, edit_seq))?;
+            }
+        }
         EventBody::Message { client_msg_id, .. } => {
             t.idempotency.insert((a.chat, a.sender.as_str(), client_msg_id.as_str()), (seq, a.ts))?;
         }

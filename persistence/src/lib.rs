@@ -109,6 +109,9 @@ pub enum StoreError {
     /// The request would change nothing (all users already members / none are members).
     #[error("no change: {0}")]
     NoChange(&'static str),
+    /// The client message id was used before for a different message.
+    #[error("client message id reused for a different message")]
+    Conflict,
     /// The backend could not complete the call; retrying may succeed. Nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -99,6 +99,8 @@ pub async fn sends_are_idempotent_per_sender(store: Arc<dyn Store>) {
         store.append(message(1, "a", "m1", "hello")).await.unwrap(),
         Appended::Duplicate { seq: ev.seq, ts: ev.ts }
     );
+    // The same id with other text is a conflict, not a duplicate.
+    assert!(matches!(store.append(message(1, "a", "m1", "other")).await, Err(StoreError::Conflict)));
     // The same id from someone else is their own message.
     assert_eq!(new_seq(store.append(message(1, "b", "m1", "hi")).await.unwrap()), ev.seq + 1);
     let page = store.history(1, Page::Latest { limit: 10 }).await.unwrap();
@@ -122,6 +124,9 @@ pub async fn edits_and_deletes_rewrite_their_target(store: Arc<dyn Store>) {
     assert_eq!(new_seq(store.append(delete(m)).await.unwrap()), m + 2);
     let ev = store.event(1, m).await.unwrap().unwrap();
     assert!(matches!(ev.body, EventBody::Message { ref text, deleted: true, .. } if text.is_empty()));
+    // The edit's text is gone too.
+    let edit_event = store.event(1, m + 1).await.unwrap().unwrap();
+    assert!(matches!(edit_event.body, EventBody::Edited { ref text, .. } if text.is_empty()));
     // Gone targets and non-messages are refused without using a seq.
     assert!(matches!(store.append(delete(m)).await, Err(StoreError::TargetNotFound)));
     assert!(matches!(store.append(edit(1, "x")).await, Err(StoreError::TargetNotFound)));

@@ -185,7 +185,13 @@ fn decode_exact<T: Decode<()>, C: bincode::config::Config>(bytes: &[u8], cfg: C)
     match bincode::decode_from_slice::<T, C>(bytes, cfg) {
         Ok((value, read)) if read == bytes.len() => Ok(value),
         Ok((_, read)) => Err(CodecError::Malformed(format!("{} trailing bytes", bytes.len() - read))),
-        Err(DecodeError::UnexpectedVariant { found, .. }) => Err(CodecError::UnknownOp(format!("variant {found}"))),
+        // Only an unknown *frame* variant is an unknown operation; a bad index inside a frame
+        // (a chat kind, a role) is a malformed frame.
+        Err(DecodeError::UnexpectedVariant { found, type_name, .. })
+            if type_name.ends_with("ClientFrame") || type_name.ends_with("ServerFrame") =>
+        {
+            Err(CodecError::UnknownOp(format!("variant {found}")))
+        }
         Err(err) => Err(CodecError::Malformed(err.to_string())),
     }
 }
@@ -268,6 +274,8 @@ mod tests {
         assert!(matches!(decode_client(Encoding::Json, b"\xff\x00"), Err(CodecError::Malformed(_))));
         assert!(matches!(decode_client(Encoding::Bincode, &[200]), Err(CodecError::UnknownOp(_))));
         assert!(matches!(decode_client(Encoding::Bincode, &[]), Err(CodecError::Malformed(_))));
+        // create_chat (variant 2) with req 1 and chat kind 9: a bad field, not a bad op.
+        assert!(matches!(decode_client(Encoding::Bincode, &[2, 1, 9]), Err(CodecError::Malformed(_))));
     }
 
     #[test]

@@ -107,13 +107,29 @@ impl RouterOp {
 /// The router's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum RouterReply {
-    Ack { chat: ChatId, seq: Seq, ts: u64, duplicate: bool },
-    ChatCreated { chat: ChatSummary, created: bool },
+    Ack {
+        chat: ChatId,
+        seq: Seq,
+        ts: u64,
+        duplicate: bool,
+    },
+    ChatCreated {
+        chat: ChatSummary,
+        created: bool,
+    },
     Chats(Vec<ChatSummary>),
     ChatIds(Vec<ChatId>),
-    History { events: Vec<Event>, more: bool },
+    /// `last_seq` is the chat's newest seq when the page was read.
+    History {
+        events: Vec<Event>,
+        more: bool,
+        last_seq: Seq,
+    },
     Ok,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl RouterReply {

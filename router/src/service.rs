@@ -211,6 +211,9 @@ fn store_error(err: StoreError) -> RouterReply {
         StoreError::ChatNotFound => RouterReply::error(ErrorCode::NotFound, "no such chat"),
         StoreError::TargetNotFound => RouterReply::error(ErrorCode::NotFound, "no such message"),
         StoreError::NoChange(why) => RouterReply::error(ErrorCode::Invalid, why),
+        StoreError::Conflict => {
+            RouterReply::error(ErrorCode::Conflict, "client_msg_id already used for another message")
+        }
         StoreError::Unavailable(why) => {
             tracing::warn!(error = %why, "store unavailable");
             RouterReply::error(ErrorCode::Unavailable, "store unavailable; retry")
@@ -312,9 +315,10 @@ async fn history(
     after: Option<u64>,
     limit: u32,
 ) -> RouterReply {
-    if let Err(d) = check(store, chat, user, Action::Read).await {
-        return d;
-    }
+    let head = match check(store, chat, user, Action::Read).await {
+        Ok(record) => record.last_seq,
+        Err(d) => return d,
+    };
     let limit = if limit == 0 { DEFAULT_HISTORY_PAGE } else { limit.min(MAX_HISTORY_PAGE) };
     let page = match (before, after) {
         (Some(_), Some(_)) => return RouterReply::error(ErrorCode::Invalid, "give before or after, not both"),
@@ -326,7 +330,8 @@ async fn history(
         Ok(p) => {
             let newest_first = !matches!(page, Page::After { .. });
             let (events, trimmed) = trim_page(p.events, newest_first);
-            RouterReply::History { events, more: p.more || trimmed }
+            let last_seq = head.max(events.last().map(|e| e.seq).unwrap_or(0));
+            RouterReply::History { events, more: p.more || trimmed, last_seq }
         }
         Err(e) => store_error(e),
     }
@@ -335,8 +340,17 @@ async fn history(
 /// Bounds a page by [`MAX_HISTORY_PAGE_BYTES`] of text, keeping at least one event. For pages
 /// that read backwards (latest, before) the newest events are kept; for `after`, the oldest.
 fn trim_page(mut events: Vec<protocol::Event>, newest_first: bool) -> (Vec<protocol::Event>, bool) {
+    // Bytes of text once JSON-escaped: control characters grow sixfold (\u0001), so the
+    // budget must count them as they will be sent.
     let size = |e: &protocol::Event| match &e.body {
-        EventBody::Message { text, .. } | EventBody::Edited { text, .. } => text.len(),
+        EventBody::Message { text, .. } | EventBody::Edited { text, .. } => text
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            })
+            .sum::<usize>(),
         _ => 0,
     };
     let mut total = 0;
@@ -370,11 +384,17 @@ fn trim_page(mut events: Vec<protocol::Event>, newest_first: bool) -> (Vec<proto
 }
 
 /// Looks up the facts and authorizes, uncached (for unsequenced ops).
-async fn check(store: &Arc<dyn Store>, chat: ChatId, user: &str, action: Action<'_>) -> Result<(), RouterReply> {
+async fn check(
+    store: &Arc<dyn Store>,
+    chat: ChatId,
+    user: &str,
+    action: Action<'_>,
+) -> Result<persistence::ChatRecord, RouterReply> {
     let record = store.chat(chat).await.map_err(store_error)?;
     let Some(record) = record else { return Err(RouterReply::error(ErrorCode::NotFound, "no such chat")) };
     let role = store.role(chat, user).await.map_err(store_error)?;
-    authorize(record.kind, role, user, action).map_err(denied)
+    authorize(record.kind, role, user, action).map_err(denied)?;
+    Ok(record)
 }
 
 async fn reply_to(bus: &Arc<dyn Bus>, job: &Job, reply: RouterReply) {
@@ -465,6 +485,14 @@ impl Shard {
             Ok(f) => f,
             Err(reply) => return reply_to(&self.bus, &job, reply).await,
         };
+        // Membership first: a non-member must get `not_found` whatever else is wrong with the
+        // request, or validation errors would reveal which chats exist.
+        if let Err(d) = authorize(kind, role, &user, Action::Read) {
+            if !matches!(job.request.op, RouterOp::Typing { .. }) {
+                reply_to(&self.bus, &job, denied(d)).await;
+            }
+            return;
+        }
         let mutation = match &job.request.op {
             RouterOp::Send { client_msg_id, body, .. } => {
                 if let Err(why) = validate::client_msg_id(client_msg_id).and_then(|_| validate::body(body)) {
@@ -648,5 +676,12 @@ mod tests {
         assert_eq!((kept.len(), trimmed), (2, false));
         let (kept, _) = trim_page(vec![msg(1, MAX_HISTORY_PAGE_BYTES * 2)], true);
         assert_eq!(kept.len(), 1, "one event always fits");
+        // Control characters count at their escaped size.
+        let mut ctl = msg(1, 0);
+        if let EventBody::Message { text, .. } = &mut ctl.body {
+            *text = "\u{1}".repeat(MAX_HISTORY_PAGE_BYTES / 4);
+        }
+        let (kept, trimmed) = trim_page(vec![ctl.clone(), ctl], false);
+        assert_eq!((kept.len(), trimmed), (1, true));
     }
 }

@@ -9,6 +9,9 @@ use edge::EdgeConfig;
 use protocol::limits::MAX_CLIENT_FRAME_BYTES;
 use protocol::ratelimit::FloodLimits;
 
+/// Smallest outbound queue accepted: two history pages at their worst-case JSON size.
+pub const MIN_OUTBOUND_QUEUE_BYTES: usize = 2 * protocol::limits::MAX_HISTORY_PAGE_BYTES;
+
 /// Exit code for a bad configuration (EX_USAGE from sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -134,8 +137,16 @@ impl EdgeArgs {
         if self.ws_read_buffer_bytes < 64 || self.ws_read_buffer_bytes > 1 << 20 {
             return Err("--ws-read-buffer-bytes must be between 64 and 1048576".into());
         }
-        if self.outbound_queue_bytes < 64 * 1024 {
-            return Err("--outbound-queue-bytes must be at least 65536 (one history page)".into());
+        if self.outbound_queue_bytes < MIN_OUTBOUND_QUEUE_BYTES {
+            return Err(format!(
+                "--outbound-queue-bytes must be at least {MIN_OUTBOUND_QUEUE_BYTES} (a history page, JSON-escaped, must fit)"
+            ));
+        }
+        if self.auth_timeout < Duration::from_secs(1) || self.request_timeout < Duration::from_millis(100) {
+            return Err("--auth-timeout must be at least 1s and --request-timeout at least 100ms".into());
+        }
+        if self.rate_ephemeral_per_second == 0 || self.rate_ephemeral_burst == 0 {
+            return Err("ephemeral rate limits must be positive".into());
         }
         if self.idle_timeout < Duration::from_secs(2) {
             return Err("--idle-timeout must be at least 2s".into());
@@ -157,8 +168,8 @@ impl EdgeArgs {
             flood: FloodLimits {
                 requests_per_second: self.rate_requests_per_second,
                 request_burst: self.rate_request_burst,
-                ephemeral_per_second: self.rate_ephemeral_per_second.max(1),
-                ephemeral_burst: self.rate_ephemeral_burst.max(1),
+                ephemeral_per_second: self.rate_ephemeral_per_second,
+                ephemeral_burst: self.rate_ephemeral_burst,
                 max_strikes: self.rate_max_strikes,
             },
             max_inflight_requests: self.max_inflight_requests,

@@ -73,7 +73,14 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
     let secret = match (&args.auth.jwt_secret, &args.auth.jwt_public_key) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(_)) => None,
-        (None, None) => Some(token::dev_secret(&args.data_dir, true)?),
+        (None, None) => {
+            eprintln!(
+                "WARNING: no --jwt-secret or --jwt-public-key: using the development secret in {}. \
+                 Anyone who can read that file can mint tokens. Do not run like this in production.",
+                args.data_dir.join(token::DEV_SECRET_FILE).display()
+            );
+            Some(token::dev_secret(&args.data_dir, true)?)
+        }
     };
     if let Some(secret) = secret {
         keys.push(Authenticator::hs256_key(secret.as_bytes())?);
@@ -115,6 +122,16 @@ fn serve(args: StandaloneArgs, config: StandaloneConfig) -> anyhow::Result<()> {
         if let Some(limit) = telemetry::open_files_limit() {
             tracing::info!(limit, "open files limit: at most about this many connections");
         }
+        // Histograms are aggregated when rendered or by this upkeep; without it, an unscraped
+        // node would accumulate samples.
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         let render = Arc::new(move || {
             telemetry::sample_process();
             metrics.render()
@@ -138,4 +155,17 @@ async fn on_signal(shutdown: CancellationToken) {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
+    // A second signal means "now": every acknowledged write is already durable.
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("second signal: exiting without finishing the drain");
+            std::process::exit(130);
+        }
+    }
 }

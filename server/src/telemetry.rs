@@ -6,7 +6,11 @@ use tracing_subscriber::EnvFilter;
 /// Starts the tracing subscriber with `filter` (EnvFilter syntax).
 pub fn init_tracing(filter: &str, compact: bool) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter)?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = if compact { builder.compact().try_init() } else { builder.try_init() };
     result.map_err(|e| anyhow::anyhow!("tracing: {e}"))
 }
@@ -30,18 +34,19 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 /// Samples process gauges (resident memory, open files) for the next render; Linux only,
 /// elsewhere they are left unset.
 pub fn sample_process() {
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
-        && let Some(pages) = statm.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok())
+    // smaps_rollup reports kB whatever the page size (4 KiB, 16 KiB, 64 KiB kernels alike).
+    if let Ok(rollup) = std::fs::read_to_string("/proc/self/smaps_rollup")
+        && let Some(kb) = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
     {
-        metrics::gauge!("process_resident_memory_bytes").set(pages * PAGE_BYTES);
+        metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!("process_open_fds").set(dir.count() as f64);
     }
 }
-
-/// Page size for /proc/self/statm. 4 KiB on every Linux target we run on.
-const PAGE_BYTES: f64 = 4096.0;
 
 /// The soft limit on open files, from /proc/self/limits (Linux), for the start-up log: one
 /// connection costs one file.

@@ -109,7 +109,7 @@ async fn flooding_is_refused_then_closed_with_4008() {
 async fn a_slow_reader_is_closed_with_4009_and_resumes_without_loss() {
     let server = TestServer::start(&[
         "--outbound-queue-bytes",
-        "65536",
+        "524288",
         "--rate-requests-per-second",
         "100000",
         "--rate-request-burst",

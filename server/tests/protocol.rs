@@ -154,6 +154,8 @@ async fn send_is_acked_idempotent_and_reaches_every_device() {
                 other => panic!("{other:?}"),
             }
         }
+        // The same id with another body is a client bug: conflict, not a silent duplicate.
+        assert_eq!(error_code(&alice.send_message(chat, "m-1", "something else").await.unwrap()), "conflict");
         // The retry gets the same ack and delivers nothing.
         let (seq2, dup2) = acked(&alice.send_message(chat, "m-1", "hello").await.unwrap());
         assert_eq!((seq2, dup2), (2, true));
@@ -394,6 +396,18 @@ async fn non_members_learn_nothing_and_removed_members_stop_receiving() {
         let missing = 12345;
         for target in [chat, missing] {
             assert_eq!(error_code(&eve.send_message(target, "x", "x").await.unwrap()), "not_found");
+            // Even a request that is invalid besides: validation must not reveal the chat.
+            assert_eq!(error_code(&eve.send_message(target, "x", "").await.unwrap()), "not_found");
+            let r = eve
+                .request(|req| ClientFrame::AddMembers {
+                    req,
+                    chat: target,
+                    users: vec!["bad id".into()],
+                    role: Role::Member,
+                })
+                .await
+                .unwrap();
+            assert_eq!(error_code(&r), "not_found");
             let r = eve
                 .request(|req| ClientFrame::History { req, chat: target, before: None, after: None, limit: None })
                 .await
@@ -411,7 +425,7 @@ async fn non_members_learn_nothing_and_removed_members_stop_receiving() {
             assert_eq!(error_code(&r), "not_found");
         }
         let frames = eve.resume(vec![cursor(chat, 0)]).await.unwrap();
-        assert!(frames.iter().all(|f| !is_event(f)));
+        assert!(frames.iter().all(|f| !is_event(f) && !matches!(f, ServerFrame::Resumed { .. })));
         assert_eq!(error_code(frames.last().unwrap()), "not_found");
         eve.send(&ClientFrame::Typing { chat }).await.unwrap();
         // Bob (a member, not an admin) cannot add or remove others.
@@ -480,5 +494,22 @@ async fn only_admins_post_to_a_broadcast_channel() {
                 .unwrap(),
         );
         acked(&reader.send_message(chat, "2", "now I can").await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_the_end_does_not_silence_live_events() {
+    let server = TestServer::start(&[]);
+    for enc in ENCODINGS {
+        let (a, b) = (format!("a-{enc:?}"), format!("b-{enc:?}"));
+        let mut alice = server.connect(&a, enc).await;
+        let chat = created(&alice.create_chat(ChatKind::Group, "g", &[&b]).await.unwrap());
+        acked(&alice.send_message(chat, "1", "x").await.unwrap());
+        let (mut bob, frames) =
+            Client::connect_resuming(&server.ws, &server.token(&b), enc, vec![cursor(chat, 1000)]).await.unwrap();
+        assert!(frames.iter().any(|f| matches!(f, ServerFrame::Resumed { last_seq: 2, .. })), "{frames:?}");
+        let (seq, _) = acked(&alice.send_message(chat, "2", "y").await.unwrap());
+        let f = bob.wait_for(is_event).await.unwrap();
+        assert!(matches!(f, ServerFrame::Event { event, .. } if event.seq == seq));
     }
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Everything CI runs, in the order a developer wants failures: formatting, lints, then the
-# whole test suite (unit tests, and integration tests that start the real binary on free
-# ports and talk to it over real WebSockets).
+# whole test suite: unit tests, the store conformance suite against the embedded store and a
+# real CQL database (Apache Cassandra 5, started here), and integration tests that start the
+# real binary on free ports and talk to it over real WebSockets.
+#
+# MESSENGER_TEST_CQL=host:port uses an already running CQL database instead of starting one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,4 +15,18 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Build the tests while the database starts.
+cargo test --workspace --all-targets --locked --no-run
+
+# Port below the ephemeral range, so that no client socket of the tests can hold it.
+CQL_PORT=${MESSENGER_TEST_CQL_PORT:-19042}
+if [[ -z "${MESSENGER_TEST_CQL:-}" ]]; then
+    # Stop it afterwards only if this run started it.
+    if ! scripts/cassandra/cassandra.sh status --port "$CQL_PORT" >/dev/null 2>&1; then
+        trap 'scripts/cassandra/cassandra.sh stop --port "$CQL_PORT" >/dev/null 2>&1 || true' EXIT
+    fi
+    scripts/cassandra/cassandra.sh start --port "$CQL_PORT"
+    export MESSENGER_TEST_CQL="127.0.0.1:$CQL_PORT"
+fi
+
 cargo test --workspace --all-targets --locked

@@ -8,15 +8,19 @@
 //! Layout:
 //! - this file: the trait, its request/answer types and [`StoreError`].
 //! - [`embedded`]: the single-node backend on redb (pure Rust, one file, fsync per group
-//!   commit). The ScyllaDB backend comes next to it and implements the same trait.
+//!   commit).
+//! - [`cql`]: the cluster backend on ScyllaDB (or any CQL database accepting the same CQL),
+//!   with seqs claimed by lightweight transactions.
 #![forbid(unsafe_code)]
 
+pub mod cql;
 pub mod embedded;
 
 use async_trait::async_trait;
 use protocol::{ChatId, ChatKind, ChatSummary, Event, Role, Seq, UserId};
 use thiserror::Error;
 
+pub use cql::{CqlConfig, CqlStore};
 pub use embedded::{EmbeddedConfig, EmbeddedStore};
 
 /// A chat to create.

@@ -205,8 +205,9 @@ macro_rules! conformance {
                 ($name:ident) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $name() {
-                        let (store, _guard) = $open;
+                        let Some((store, guard)) = $open else { return };
                         super::$name(store).await;
+                        guard.cleanup().await;
                     }
                 };
             }
@@ -222,13 +223,129 @@ macro_rules! conformance {
     };
 }
 
-fn embedded() -> (Arc<dyn Store>, tempfile::TempDir) {
+/// What a test leaves behind, removed when it passes.
+enum Leftover {
+    Dir(tempfile::TempDir),
+    Keyspace(String, String),
+}
+
+impl Leftover {
+    /// Drops the test's keyspace: a test database holding hundreds of keyspaces (ten tables
+    /// each) runs out of heap.
+    async fn cleanup(self) {
+        match self {
+            Leftover::Dir(dir) => drop(dir),
+            Leftover::Keyspace(node, ks) => drop_keyspace(&node, &ks).await,
+        }
+    }
+}
+
+async fn drop_keyspace(node: &str, ks: &str) {
+    let session = scylla::client::session_builder::SessionBuilder::new().known_node(node).build().await.unwrap();
+    session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await.unwrap();
+}
+
+fn embedded() -> Option<(Arc<dyn Store>, Leftover)> {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("s.redb"))).unwrap();
-    (Arc::new(store), dir)
+    Some((Arc::new(store), Leftover::Dir(dir)))
+}
+
+/// The CQL database under test, from `MESSENGER_TEST_CQL` (`host:port`; `scripts/test.sh`
+/// starts one). In CI its absence is a failure, never a skip.
+pub fn cql_node() -> Option<String> {
+    match std::env::var("MESSENGER_TEST_CQL") {
+        Ok(node) if !node.is_empty() => Some(node),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but MESSENGER_TEST_CQL is unset: the CQL tests must run in CI")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: no CQL database (set MESSENGER_TEST_CQL=host:port, see scripts/cassandra/cassandra.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh keyspace on the test database, so tests never see each other's data.
+async fn cql() -> Option<(Arc<dyn Store>, Leftover)> {
+    let node = cql_node()?;
+    let keyspace = format!("t_{:016x}", rand_u64());
+    let store =
+        persistence::CqlStore::connect(&persistence::CqlConfig::local(node.clone(), keyspace.clone())).await.unwrap();
+    Some((Arc::new(store), Leftover::Keyspace(node, keyspace)))
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish()
 }
 
 conformance!(embedded_store, embedded());
+conformance!(cql_store, cql().await);
+
+/// Two stores (two routers, during a failover) append to one chat at once: every seq is
+/// claimed once, none is skipped, and every message is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_racing_writers_never_share_or_skip_a_seq() {
+    let Some(node) = cql_node() else { return };
+    let keyspace = format!("t_{:016x}", rand_u64());
+    let config = persistence::CqlConfig::local(node, keyspace);
+    let a: Arc<dyn Store> = Arc::new(persistence::CqlStore::connect(&config).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(persistence::CqlStore::connect(&config).await.unwrap());
+    a.create_chat(new_chat(7, ChatKind::Group, "a", &[])).await.unwrap();
+    let mut tasks = Vec::new();
+    for (w, store) in [a.clone(), b.clone(), a.clone(), b.clone()].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..40 {
+                let id = format!("{w}-{i}");
+                loop {
+                    match store.append(message(7, "a", &id, &id)).await {
+                        Ok(Appended::New(e)) => {
+                            got.push((e.seq, id.clone()));
+                            break;
+                        }
+                        Ok(Appended::Duplicate { seq, .. }) => {
+                            got.push((seq, id.clone()));
+                            break;
+                        }
+                        Err(StoreError::Unavailable(_)) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            got
+        }));
+    }
+    let mut by_seq = std::collections::BTreeMap::new();
+    for t in tasks {
+        for (seq, id) in t.await.unwrap() {
+            assert!(by_seq.insert(seq, id).is_none(), "seq {seq} given to two messages");
+        }
+    }
+    assert_eq!(by_seq.keys().copied().collect::<Vec<_>>(), (2..=161).collect::<Vec<_>>());
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = b.history(7, Page::After { seq: after, limit: 50 }).await.unwrap();
+        for e in &page.events {
+            if let EventBody::Message { client_msg_id, .. } = &e.body {
+                assert_eq!(by_seq.get(&e.seq), Some(client_msg_id));
+                stored.push(e.seq);
+            }
+        }
+        after = page.events.last().map(|e| e.seq).unwrap_or(after);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(stored.len(), 160);
+    drop_keyspace(&config.nodes[0], &config.keyspace).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_survives_reopen() {
@@ -243,4 +360,70 @@ async fn embedded_store_survives_reopen() {
     let page = store.history(1, Page::Latest { limit: 10 }).await.unwrap();
     assert_eq!(page.events.len(), 2);
     assert_eq!(new_seq(store.append(message(1, "a", "m2", "next")).await.unwrap()), 3);
+}
+
+/// With tiny partitions (4 events), history pages and head discovery cross partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_history_and_heads_cross_partitions() {
+    let Some(node) = cql_node() else { return };
+    let mut config = persistence::CqlConfig::local(node, format!("t_{:016x}", rand_u64()));
+    config.events_per_bucket = 4;
+    let store = persistence::CqlStore::connect(&config).await.unwrap();
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
+    for i in 0..29 {
+        store.append(message(1, "a", &i.to_string(), "x")).await.unwrap();
+    }
+    // A second store (no cached head) finds the head three partitions past any hint.
+    let fresh = persistence::CqlStore::connect(&config).await.unwrap();
+    assert_eq!(new_seq(fresh.append(message(1, "a", "late", "y")).await.unwrap()), 31);
+    let seqs = |p: persistence::HistoryPage| (p.events.iter().map(|e| e.seq).collect::<Vec<_>>(), p.more);
+    assert_eq!(seqs(fresh.history(1, Page::Latest { limit: 6 }).await.unwrap()), ((26..=31).collect(), true));
+    assert_eq!(seqs(fresh.history(1, Page::Before { seq: 10, limit: 7 }).await.unwrap()), ((3..=9).collect(), true));
+    assert_eq!(seqs(fresh.history(1, Page::After { seq: 2, limit: 9 }).await.unwrap()), ((3..=11).collect(), true));
+    assert_eq!(seqs(fresh.history(1, Page::After { seq: 0, limit: 100 }).await.unwrap()), ((1..=31).collect(), false));
+    // A store opened with another bucket size keeps the keyspace's.
+    config.events_per_bucket = 1000;
+    let other = persistence::CqlStore::connect(&config).await.unwrap();
+    assert_eq!(seqs(other.history(1, Page::Latest { limit: 3 }).await.unwrap()), ((29..=31).collect(), true));
+    drop_keyspace(&config.nodes[0], &config.keyspace).await;
+}
+
+/// A writer that died between claiming a seq and writing the event's side effects: the next
+/// writer completes them, so a retry of that send is a duplicate, not a second message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cql_side_effects_of_a_crashed_append_are_replayed() {
+    let Some(node) = cql_node() else { return };
+    let keyspace = format!("t_{:016x}", rand_u64());
+    let config = persistence::CqlConfig::local(node.clone(), keyspace.clone());
+    let store = persistence::CqlStore::connect(&config).await.unwrap();
+    store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
+    // Play the crashed writer: claim seq 2 directly, with no idempotency record and no hint.
+    let session = scylla::client::session_builder::SessionBuilder::new().known_node(&node).build().await.unwrap();
+    let event = protocol::Event {
+        seq: 2,
+        ts: 5,
+        sender: "a".into(),
+        body: EventBody::Message {
+            client_msg_id: "lost-ack".into(),
+            text: "hello".into(),
+            edited: false,
+            deleted: false,
+        },
+    };
+    let body = protocol::codec::encode_envelope(&event).to_vec();
+    session
+        .query_unpaged(
+            format!("INSERT INTO {keyspace}.events (chat, bucket, seq, body) VALUES (1, 0, 2, ?) IF NOT EXISTS"),
+            (body,),
+        )
+        .await
+        .unwrap();
+    let fresh = persistence::CqlStore::connect(&config).await.unwrap();
+    assert_eq!(
+        fresh.append(message(1, "a", "lost-ack", "hello")).await.unwrap(),
+        Appended::Duplicate { seq: 2, ts: 5 }
+    );
+    assert_eq!(new_seq(fresh.append(message(1, "a", "next", "x")).await.unwrap()), 3);
+    assert_eq!(fresh.chat(1).await.unwrap().unwrap().last_seq, 3);
+    drop_keyspace(&node, &keyspace).await;
 }

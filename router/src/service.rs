@@ -215,7 +215,10 @@ fn store_error(err: StoreError) -> RouterReply {
             RouterReply::error(ErrorCode::Conflict, "client_msg_id already used for another message")
         }
         StoreError::Unavailable(why) => {
-            tracing::warn!(error = %why, "store unavailable");
+            // Per request, so debug: an outage would otherwise log once per message. The
+            // counter is what to alert on.
+            metrics::counter!("router_store_unavailable_total").increment(1);
+            tracing::debug!(error = %why, "store unavailable");
             RouterReply::error(ErrorCode::Unavailable, "store unavailable; retry")
         }
         StoreError::Corrupt(why) => {

@@ -57,9 +57,68 @@ pub struct StandaloneArgs {
     /// Router sequencing shards.
     #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = 8)]
     pub router_shards: usize,
-    /// Most writes per group commit (one fsync).
+    /// Most writes per group commit (one fsync) of the embedded store.
     #[arg(long, env = "MESSENGER_STORE_MAX_BATCH", default_value_t = 512)]
     pub store_max_batch: usize,
+    /// Where history lives: `embedded` (a file in the data directory) or `cql`
+    /// (ScyllaDB/Cassandra, see the --cql-* flags).
+    #[arg(long, env = "MESSENGER_STORE", default_value = "embedded", value_parser = ["embedded", "cql"])]
+    pub store: String,
+    #[command(flatten)]
+    pub cql: CqlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CqlArgs {
+    /// Contact points, comma separated `host:port`.
+    #[arg(long, env = "MESSENGER_CQL_NODES", value_delimiter = ',', default_value = "127.0.0.1:9042")]
+    pub cql_nodes: Vec<String>,
+    /// Keyspace (created with --cql-replication if missing).
+    #[arg(long, env = "MESSENGER_CQL_KEYSPACE", default_value = "messenger")]
+    pub cql_keyspace: String,
+    /// Replication map for a new keyspace.
+    #[arg(
+        long,
+        env = "MESSENGER_CQL_REPLICATION",
+        default_value = "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    )]
+    pub cql_replication: String,
+    /// Consistency of reads and writes.
+    #[arg(long, env = "MESSENGER_CQL_CONSISTENCY", default_value = "local_quorum")]
+    pub cql_consistency: String,
+    /// Consistency of seq claims (Paxos): local_serial or serial.
+    #[arg(long, env = "MESSENGER_CQL_SERIAL_CONSISTENCY", default_value = "local_serial")]
+    pub cql_serial_consistency: String,
+    /// Username for password authentication.
+    #[arg(long, env = "MESSENGER_CQL_USERNAME")]
+    pub cql_username: Option<String>,
+    /// Password for password authentication.
+    #[arg(long, env = "MESSENGER_CQL_PASSWORD", hide_env_values = true)]
+    pub cql_password: Option<String>,
+    /// PEM file of CA certificates: connect with TLS and verify the nodes against it.
+    #[arg(long, env = "MESSENGER_CQL_TLS_CA")]
+    pub cql_tls_ca: Option<PathBuf>,
+}
+
+impl CqlArgs {
+    /// Validates and builds the CQL store configuration.
+    pub fn to_config(&self) -> Result<persistence::CqlConfig, String> {
+        let mut config = persistence::CqlConfig::local(String::new(), self.cql_keyspace.clone());
+        config.nodes = self.cql_nodes.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+        if config.nodes.is_empty() {
+            return Err("--cql-nodes needs at least one host:port".into());
+        }
+        config.replication = self.cql_replication.clone();
+        config.consistency = persistence::cql::parse_consistency(&self.cql_consistency)?;
+        config.serial_consistency = persistence::cql::parse_serial_consistency(&self.cql_serial_consistency)?;
+        if self.cql_username.is_some() != self.cql_password.is_some() {
+            return Err("--cql-username and --cql-password go together".into());
+        }
+        config.username = self.cql_username.clone();
+        config.password = self.cql_password.clone();
+        config.tls_ca = self.cql_tls_ca.clone();
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Args)]

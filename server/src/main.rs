@@ -96,7 +96,12 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
     if args.store_max_batch == 0 {
         anyhow::bail!("--store-max-batch must be positive");
     }
+    let cql = match args.store.as_str() {
+        "cql" => Some(args.cql.to_config().map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
     Ok(StandaloneConfig {
+        cql,
         data_dir: args.data_dir.clone(),
         edge,
         router: RouterConfig { shards: args.router_shards, ..RouterConfig::default() },

@@ -19,6 +19,8 @@ pub struct StandaloneConfig {
     pub edge: EdgeConfig,
     pub router: RouterConfig,
     pub store_max_batch: usize,
+    /// `Some` to keep history in a CQL database instead of the embedded file.
+    pub cql: Option<persistence::CqlConfig>,
     pub auth: Authenticator,
     pub shutdown_deadline: Duration,
 }
@@ -35,10 +37,14 @@ pub async fn run(
     render: Render,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut store_config = EmbeddedConfig::new(config.data_dir.join(STORE_FILE));
-    store_config.max_batch = config.store_max_batch;
-    let store = EmbeddedStore::open(store_config).context("open the embedded store")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn Store> = match &config.cql {
+        Some(cql) => Arc::new(persistence::CqlStore::connect(cql).await.context("connect to the CQL database")?),
+        None => {
+            let mut store_config = EmbeddedConfig::new(config.data_dir.join(STORE_FILE));
+            store_config.max_batch = config.store_max_batch;
+            Arc::new(EmbeddedStore::open(store_config).context("open the embedded store")?)
+        }
+    };
     let bus = Arc::new(LocalBus::new());
 
     let router_stop = CancellationToken::new();

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything CI runs, in the order a developer wants failures: formatting, lints, then the
 # whole test suite: unit tests, the store conformance suite against the embedded store and a
-# real CQL database (Apache Cassandra 5, started here), and integration tests that start the
-# real binary on free ports and talk to it over real WebSockets.
+# real CQL database (Apache Cassandra 5, started here), integration tests that start the real
+# binary on free ports and talk to it over real WebSockets, cluster tests with real NATS
+# servers, and the protocol suite once more against a cluster.
 #
 # MESSENGER_TEST_CQL=host:port uses an already running CQL database instead of starting one.
 set -euo pipefail
@@ -12,6 +13,17 @@ if ! command -v cargo >/dev/null; then
     echo "cargo not found: install Rust with rustup (https://rustup.rs), then rerun" >&2
     exit 1
 fi
+
+# NATS for the cluster tests: Debian's package (root in CI; a developer may install it once).
+if ! command -v nats-server >/dev/null && [[ ! -x /usr/sbin/nats-server ]]; then
+    if [[ $(id -u) -eq 0 ]]; then
+        (apt-get install -y nats-server || { apt-get update && apt-get install -y nats-server; }) >/dev/null
+    else
+        echo "nats-server not found: sudo apt-get install nats-server" >&2
+        exit 1
+    fi
+fi
+export PATH="$PATH:/usr/sbin"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -30,3 +42,7 @@ if [[ -z "${MESSENGER_TEST_CQL:-}" ]]; then
 fi
 
 cargo test --workspace --all-targets --locked
+
+# The protocol and abuse suites once more, unchanged, against a cluster (NATS + 2 routers
+# on the CQL database + 2 edges) instead of a standalone node.
+MESSENGER_TEST_TOPOLOGY=cluster cargo test -p server --locked --test protocol --test abuse

@@ -7,10 +7,14 @@
 //! Subscribers hand in a bounded [`Sink`]; one sink may serve many subscriptions, which is how
 //! an edge reads every chat it is interested in from a single queue.
 //!
-//! Layout: this file holds the trait and its types; [`local`] the in-process bus.
+//! Layout: this file holds the trait and its types; [`local`] the in-process bus; [`nats`] the
+//! bus over NATS for the cluster mode; [`routers`] the live view of routers (from their
+//! heartbeats) that tells which router owns a chat.
 #![forbid(unsafe_code)]
 
 pub mod local;
+pub mod nats;
+pub mod routers;
 
 use std::time::Duration;
 
@@ -20,6 +24,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 pub use local::LocalBus;
+pub use nats::{NatsBus, NatsConfig};
 
 /// One message as delivered to a subscriber.
 #[derive(Debug, Clone)]

@@ -27,9 +27,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::Shared;
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
-use crate::{Shared, rpc};
 
 type Ws = WebSocketStream<TcpStream>;
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
@@ -435,7 +435,7 @@ impl Connection {
     }
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Step {
-        let bus = self.shared.bus.clone();
+        let router = self.shared.router.clone();
         let user = self.user.clone();
         let timeout = self.shared.config.request_timeout;
         let (req, op) = match frame {
@@ -445,11 +445,11 @@ impl Connection {
             }
             ClientFrame::Ping { req } => return self.push_reply(encode(self.encoding, &ServerFrame::Pong { req })),
             ClientFrame::Typing { chat } => {
-                rpc::tell(&*bus, &user, RouterOp::Typing { chat }).await;
+                router.tell(&user, RouterOp::Typing { chat }).await;
                 return Step::Continue;
             }
             ClientFrame::Presence { status } => {
-                rpc::tell(&*bus, &user, RouterOp::Presence { status }).await;
+                router.tell(&user, RouterOp::Presence { status }).await;
                 return Step::Continue;
             }
             ClientFrame::Resume { req, chats } => return self.resume(req, chats).await,
@@ -469,7 +469,7 @@ impl Connection {
         };
         let chat = op.chat();
         self.pending.push(Box::pin(async move {
-            let reply = rpc::call(&*bus, &user, op, timeout).await;
+            let reply = router.call(&user, op, timeout).await;
             reply_frame(req, chat, reply)
         }));
         Step::Continue
@@ -492,7 +492,7 @@ impl Connection {
             let mut after = cursor.last_seq.max(self.delivered.get(&chat).copied().unwrap_or(0));
             loop {
                 let op = RouterOp::History { chat, before: None, after: Some(after), limit: MAX_HISTORY_PAGE };
-                match rpc::call(&*self.shared.bus, &self.user, op, timeout).await {
+                match self.shared.router.call(&self.user, op, timeout).await {
                     RouterReply::History { events, more, last_seq } => {
                         for event in events {
                             if event.seq <= after {

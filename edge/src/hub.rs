@@ -68,6 +68,7 @@ struct Repaired {
 pub struct Hub {
     state: Mutex<State>,
     bus: Arc<dyn Bus>,
+    router: rpc::RouterClient,
     inbox: bus::Sink,
     repairs: mpsc::Sender<Repaired>,
     queue_limit: usize,
@@ -106,10 +107,12 @@ pub struct HubRunner {
 
 impl Hub {
     /// A hub and the receivers its dispatcher ([`Hub::run`]) consumes.
-    pub fn new(bus: Arc<dyn Bus>, inbox_capacity: usize, queue_limit: usize) -> (Arc<Hub>, HubRunner) {
+    pub fn new(router: rpc::RouterClient, inbox_capacity: usize, queue_limit: usize) -> (Arc<Hub>, HubRunner) {
         let (tx, rx) = mpsc::channel(inbox_capacity.max(1));
         let (rtx, rrx) = mpsc::channel(1024);
-        let hub = Arc::new(Hub { state: Mutex::new(State::default()), bus, inbox: tx, repairs: rtx, queue_limit });
+        let bus = router.bus().clone();
+        let hub =
+            Arc::new(Hub { state: Mutex::new(State::default()), bus, router, inbox: tx, repairs: rtx, queue_limit });
         (hub, HubRunner { inbox: rx, repairs: rrx })
     }
 
@@ -157,7 +160,7 @@ impl Hub {
         if let Some(u) = self.lock().users.get_mut(&user) {
             u.sub = Some(sub);
         }
-        match rpc::call(&*self.bus, &user, RouterOp::ChatIds, rpc::INTERNAL_TIMEOUT).await {
+        match self.router.call(&user, RouterOp::ChatIds, rpc::INTERNAL_TIMEOUT).await {
             RouterReply::ChatIds(ids) => {
                 for chat in ids {
                     self.join(&user, chat, ChatOrder::default()).await;
@@ -202,7 +205,7 @@ impl Hub {
     }
 
     async fn announce(&self, user: &str, status: PresenceStatus) {
-        rpc::tell(&*self.bus, user, RouterOp::Presence { status }).await;
+        self.router.tell(user, RouterOp::Presence { status }).await;
     }
 
     /// Adds `user` (attached here) to `chat`'s local members, subscribing to the chat if it is
@@ -400,7 +403,7 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             let op = RouterOp::History { chat, before: None, after: Some(after), limit: MAX_HISTORY_PAGE };
-            let reply = rpc::call(&*hub.bus, &member, op, rpc::INTERNAL_TIMEOUT).await;
+            let reply = hub.router.call(&member, op, rpc::INTERNAL_TIMEOUT).await;
             let _ = hub.repairs.send(Repaired { chat, reply }).await;
         });
     }

@@ -12,7 +12,7 @@
 //! - [`outbox`]: per-connection outbound queue, bounded in bytes.
 //! - [`hub`]: the local subscription index and encode-once fan-out.
 //! - [`connection`]: one client's task.
-//! - [`rpc`]: requests to the router.
+//! - [`rpc`]: requests to the routers, addressed to each chat's owner.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - this file: [`Edge`], its accept loop and drain.
 #![forbid(unsafe_code)]
@@ -67,7 +67,7 @@ impl Health {
 pub(crate) struct Shared {
     config: EdgeConfig,
     auth: Authenticator,
-    bus: Arc<dyn Bus>,
+    router: rpc::RouterClient,
     hub: Arc<Hub>,
 }
 
@@ -80,8 +80,9 @@ pub struct Edge {
 
 impl Edge {
     pub fn new(config: EdgeConfig, auth: Authenticator, bus: Arc<dyn Bus>) -> Self {
-        let (hub, runner) = Hub::new(bus.clone(), config.bus_inbox_capacity, config.outbound_queue_bytes);
-        Edge { shared: Arc::new(Shared { config, auth, bus, hub }), runner, health: Health::default() }
+        let router = rpc::RouterClient::new(bus);
+        let (hub, runner) = Hub::new(router.clone(), config.bus_inbox_capacity, config.outbound_queue_bytes);
+        Edge { shared: Arc::new(Shared { config, auth, router, hub }), runner, health: Health::default() }
     }
 
     /// The readiness flag this edge maintains.
@@ -101,6 +102,7 @@ impl Edge {
         let Edge { shared, runner, health } = self;
         let hub_stop = CancellationToken::new();
         let hub_task = tokio::spawn(shared.hub.clone().run(runner, hub_stop.clone()));
+        let watch_task = tokio::spawn(shared.router.clone().watch_routers(hub_stop.clone()));
         let tracker = TaskTracker::new();
         let draining = CancellationToken::new();
         let force = CancellationToken::new();
@@ -147,6 +149,7 @@ impl Edge {
         }
         hub_stop.cancel();
         let _ = hub_task.await;
+        let _ = watch_task.await;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "edge stopped");
         Ok(())
     }

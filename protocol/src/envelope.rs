@@ -15,6 +15,22 @@ pub const ROUTER_REQUEST_SUBJECT: &str = "router.req";
 /// Queue group name routers subscribe with.
 pub const ROUTER_QUEUE_GROUP: &str = "routers";
 
+/// Subject routers announce themselves on ([`RouterHeartbeat`]).
+pub const ROUTER_HEARTBEAT_SUBJECT: &str = "router.heartbeat";
+
+/// Subject on which one router takes the requests for the chats it owns.
+pub fn router_subject(router: crate::ring::RouterId) -> String {
+    format!("router.chat.{router}")
+}
+
+/// A router's periodic announcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct RouterHeartbeat {
+    pub id: crate::ring::RouterId,
+    /// Sent once on graceful shutdown: forget me now.
+    pub stopping: bool,
+}
+
 /// Subject of a chat's events: sequenced events and ephemeral ones (typing, receipts,
 /// presence). Edges subscribe while they hold a member's connection.
 pub fn chat_subject(chat: ChatId) -> String {

@@ -14,6 +14,7 @@
 //!   subprotocol, and the bincode configuration used on the bus.
 //! - [`envelope`]: versioned messages between edges and routers on the bus.
 //! - [`ratelimit`]: a token bucket that takes the time as an input.
+//! - [`ring`]: which router owns which chat (rendezvous hashing over live routers).
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -23,6 +24,7 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod ratelimit;
+pub mod ring;
 
 pub use codec::{CodecError, Encoding};
 pub use error::{CloseCode, ErrorCode};

@@ -15,7 +15,7 @@
 //! Layout:
 //! - [`authz`]: who may do what (pure).
 //! - [`validate`]: field checks (pure).
-//! - [`service`]: the tokio glue: [`Router`], its shards, the membership cache.
+//! - [`service`]: the tokio glue: [`Router`], its shards, its heartbeat.
 #![forbid(unsafe_code)]
 
 pub mod authz;

@@ -12,10 +12,11 @@ use futures_util::stream::FuturesOrdered;
 use persistence::{Append, Appended, Created, Mutation, NewChat, Page, Store, StoreError};
 use protocol::codec::{decode_envelope, encode_envelope};
 use protocol::envelope::{
-    BusEvent, ROUTER_QUEUE_GROUP, ROUTER_REQUEST_SUBJECT, RouterOp, RouterReply, RouterRequest, chat_subject,
-    user_subject,
+    BusEvent, ROUTER_HEARTBEAT_SUBJECT, ROUTER_QUEUE_GROUP, ROUTER_REQUEST_SUBJECT, RouterHeartbeat, RouterOp,
+    RouterReply, RouterRequest, chat_subject, router_subject, user_subject,
 };
 use protocol::limits::{DEFAULT_HISTORY_PAGE, MAX_CHAT_ID, MAX_HISTORY_PAGE, MAX_HISTORY_PAGE_BYTES};
+use protocol::ring::{HEARTBEAT_INTERVAL, RouterId};
 use protocol::{ChatId, ChatKind, ChatSummary, ErrorCode, EventBody, Role, UserId};
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -34,7 +35,7 @@ pub struct RouterConfig {
     pub shard_queue: usize,
     /// Requests queued from the bus before the bus applies backpressure.
     pub inbox_capacity: usize,
-    /// Chats whose kind and member roles a shard caches; the cache is emptied past this.
+    /// Chats whose kind a shard caches; the cache is emptied past this.
     pub cache_chats: usize,
     /// Most chats a presence change is published to.
     pub max_presence_chats: usize,
@@ -64,21 +65,31 @@ pub struct Router {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     config: RouterConfig,
+    id: RouterId,
 }
 
 type Ctx = (Arc<dyn Store>, Arc<dyn Bus>);
 
 impl Router {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, config: RouterConfig) -> Self {
-        Router { store, bus, config }
+        // Random: a restarted router is a new ring member, and ids never collide in practice.
+        let id = rand::random::<u64>();
+        Router { store, bus, config, id }
     }
 
-    /// Subscribes to the request subject. When this returns, requests are queued for the
-    /// router even before [`BoundRouter::run`] starts taking them.
+    /// Subscribes to the shared request subject (queue group) and to this router's own chat
+    /// subject. When this returns, requests are queued for the router even before
+    /// [`BoundRouter::run`] starts taking them.
     pub async fn bind(self) -> Result<BoundRouter, RouterError> {
         let (tx, inbox) = mpsc::channel::<BusMessage>(self.config.inbox_capacity.max(1));
-        let subscription = self.bus.subscribe(ROUTER_REQUEST_SUBJECT, Some(ROUTER_QUEUE_GROUP), tx).await?;
-        Ok(BoundRouter { router: self, inbox, subscription })
+        let shared = self.bus.subscribe(ROUTER_REQUEST_SUBJECT, Some(ROUTER_QUEUE_GROUP), tx.clone()).await?;
+        let own = self.bus.subscribe(&router_subject(self.id), None, tx).await?;
+        Ok(BoundRouter { router: self, inbox, subscriptions: [shared, own] })
+    }
+
+    /// This router's id on the bus.
+    pub fn id(&self) -> RouterId {
+        self.id
     }
 }
 
@@ -86,15 +97,35 @@ impl Router {
 pub struct BoundRouter {
     router: Router,
     inbox: mpsc::Receiver<BusMessage>,
-    subscription: bus::Subscription,
+    subscriptions: [bus::Subscription; 2],
+}
+
+/// Announces the router every [`HEARTBEAT_INTERVAL`] until `stop`, then once as stopping,
+/// so that edges move its chats at once instead of after [`protocol::ring::HEARTBEAT_TIMEOUT`].
+async fn heartbeat(bus: Arc<dyn Bus>, id: RouterId, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                let beat = encode_envelope(&RouterHeartbeat { id, stopping: false });
+                if let Err(err) = bus.publish(ROUTER_HEARTBEAT_SUBJECT, beat).await {
+                    tracing::warn!(error = %err, "heartbeat not sent");
+                }
+            }
+        }
+    }
+    let _ = bus.publish(ROUTER_HEARTBEAT_SUBJECT, encode_envelope(&RouterHeartbeat { id, stopping: true })).await;
 }
 
 impl BoundRouter {
     /// Serves requests until `shutdown` fires, then finishes what is in flight and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RouterError> {
-        let BoundRouter { router: this, mut inbox, subscription } = self;
+        let BoundRouter { router: this, mut inbox, subscriptions } = self;
         let this = &this;
         let tracker = TaskTracker::new();
+        let beat_stop = CancellationToken::new();
+        tracker.spawn(heartbeat(this.bus.clone(), this.id, beat_stop.clone()));
         let shards: Vec<mpsc::Sender<Job>> = (0..this.config.shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(this.config.shard_queue.max(1));
@@ -103,7 +134,7 @@ impl BoundRouter {
                 tx
             })
             .collect();
-        tracing::info!(shards = shards.len(), "router serving");
+        tracing::info!(shards = shards.len(), id = this.id, "router serving");
         loop {
             let msg = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -136,7 +167,8 @@ impl BoundRouter {
                 }
             }
         }
-        drop(subscription);
+        beat_stop.cancel();
+        drop(subscriptions);
         drop(shards);
         tracker.close();
         tracker.wait().await;
@@ -406,15 +438,6 @@ async fn reply_to(bus: &Arc<dyn Bus>, job: &Job, reply: RouterReply) {
     }
 }
 
-/// Cached facts about a chat, owned by its shard (the only writer of its membership).
-struct CachedChat {
-    kind: ChatKind,
-    roles: HashMap<UserId, Option<Role>>,
-}
-
-/// Most cached roles per chat; the chat's role cache is emptied past it.
-const MAX_CACHED_ROLES_PER_CHAT: usize = 4096;
-
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 enum Done {
@@ -425,14 +448,17 @@ enum Done {
 struct Shard {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
-    cache: HashMap<ChatId, CachedChat>,
+    /// Chat kinds, which never change, so caching them is always right. Roles are read from
+    /// the store on every request: during a router failover two routers may serve one chat,
+    /// and a cached role could outlive a membership change made by the other.
+    kinds: HashMap<ChatId, ChatKind>,
     cache_limit: usize,
     inflight: FuturesOrdered<Completion>,
 }
 
 impl Shard {
     fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, cache_limit: usize) -> Self {
-        Shard { store, bus, cache: HashMap::new(), cache_limit, inflight: FuturesOrdered::new() }
+        Shard { store, bus, kinds: HashMap::new(), cache_limit, inflight: FuturesOrdered::new() }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
@@ -455,29 +481,22 @@ impl Shard {
         }
     }
 
-    /// Kind and role from the cache, or the store.
+    /// The chat's kind (cached) and the user's role (read now).
     async fn facts(&mut self, chat: ChatId, user: &str) -> Result<(ChatKind, Option<Role>), RouterReply> {
-        if let Some(c) = self.cache.get(&chat)
-            && let Some(role) = c.roles.get(user)
-        {
-            return Ok((c.kind, *role));
-        }
-        let kind = match self.cache.get(&chat) {
-            Some(c) => c.kind,
+        let kind = match self.kinds.get(&chat) {
+            Some(kind) => *kind,
             None => match self.store.chat(chat).await.map_err(store_error)? {
-                Some(record) => record.kind,
+                Some(record) => {
+                    if self.kinds.len() >= self.cache_limit {
+                        self.kinds.clear();
+                    }
+                    self.kinds.insert(chat, record.kind);
+                    record.kind
+                }
                 None => return Err(RouterReply::error(ErrorCode::NotFound, "no such chat")),
             },
         };
         let role = self.store.role(chat, user).await.map_err(store_error)?;
-        if self.cache.len() >= self.cache_limit {
-            self.cache.clear();
-        }
-        let entry = self.cache.entry(chat).or_insert_with(|| CachedChat { kind, roles: HashMap::new() });
-        if entry.roles.len() >= MAX_CACHED_ROLES_PER_CHAT {
-            entry.roles.clear();
-        }
-        entry.roles.insert(user.to_owned(), role);
         Ok((kind, role))
     }
 
@@ -598,26 +617,11 @@ impl Shard {
                     Ok(Appended::New(event)) => {
                         metrics::counter!("router_appends_total").increment(1);
                         let (seq, ts) = (event.seq, event.ts);
-                        match &event.body {
-                            EventBody::MembersAdded { users, role } => {
-                                if let Some(c) = self.cache.get_mut(&chat) {
-                                    for u in users {
-                                        c.roles.insert(u.clone(), Some(*role));
-                                    }
-                                }
-                                for u in users {
-                                    let joined = BusEvent::Joined { chat, user: u.clone(), event: event.clone() };
-                                    publish(&*self.bus, &user_subject(u), &joined).await;
-                                }
+                        if let EventBody::MembersAdded { users, .. } = &event.body {
+                            for u in users {
+                                let joined = BusEvent::Joined { chat, user: u.clone(), event: event.clone() };
+                                publish(&*self.bus, &user_subject(u), &joined).await;
                             }
-                            EventBody::MembersRemoved { users } => {
-                                if let Some(c) = self.cache.get_mut(&chat) {
-                                    for u in users {
-                                        c.roles.insert(u.clone(), None);
-                                    }
-                                }
-                            }
-                            _ => {}
                         }
                         publish(&*self.bus, &chat_subject(chat), &BusEvent::Sequenced { chat, event }).await;
                         RouterReply::Ack { chat, seq, ts, duplicate: false }

@@ -153,7 +153,7 @@ find_pid_by_dir() {
     for f in /proc/[0-9]*/cmdline; do
         pid=${f#/proc/}
         pid=${pid%/cmdline}
-        cmd=$(tr '\0' ' ' <"$f" 2>/dev/null) || continue
+        cmd=$(tr '\0' ' ' 2>/dev/null <"$f") || continue
         if [[ $cmd == *org.apache.cassandra.service.CassandraDaemon* && $cmd == *"$DIR/cassandra.yaml"* ]] && alive "$pid"; then
             echo "$pid"
             return 0

@@ -32,8 +32,92 @@ pub struct Cli {
 pub enum Command {
     /// Run a complete node (edge + router + embedded store) in one process.
     Standalone(Box<StandaloneArgs>),
+    /// Run an edge of a cluster: WebSocket clients on one side, NATS on the other.
+    Edge(Box<EdgeNodeArgs>),
+    /// Run a router of a cluster: requests from NATS, history in ScyllaDB/Cassandra.
+    Router(Box<RouterNodeArgs>),
     /// Mint a development token (HS256) for a user.
     Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EdgeNodeArgs {
+    /// WebSocket listen address.
+    #[arg(long, env = "MESSENGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz).
+    #[arg(long, env = "MESSENGER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Directory of the development secret (used only without --jwt-secret/--jwt-public-key).
+    #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Time allowed for a graceful shutdown after SIGTERM before remaining clients are cut.
+    #[arg(long, env = "MESSENGER_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_deadline: Duration,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RouterNodeArgs {
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz).
+    #[arg(long, env = "MESSENGER_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
+    pub admin_listen: SocketAddr,
+    /// Time allowed to finish requests in flight after SIGTERM.
+    #[arg(long, env = "MESSENGER_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_deadline: Duration,
+    /// Router sequencing shards.
+    #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = 8)]
+    pub router_shards: usize,
+    #[command(flatten)]
+    pub cql: CqlArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS servers, comma separated `nats://host:port`.
+    #[arg(long, env = "MESSENGER_NATS", value_delimiter = ',', default_value = "nats://127.0.0.1:4222")]
+    pub nats: Vec<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "MESSENGER_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "MESSENGER_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS nkey seed (`SU...`).
+    #[arg(long, env = "MESSENGER_NATS_NKEY_SEED", hide_env_values = true)]
+    pub nats_nkey_seed: Option<String>,
+    /// PEM CA file: require TLS to NATS and verify the server against it.
+    #[arg(long, env = "MESSENGER_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// Validates and builds the NATS configuration; `name` tells processes apart in NATS.
+    pub fn to_config(&self, name: &str) -> Result<bus::nats::NatsConfig, String> {
+        let servers: Vec<String> = self.nats.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        if servers.is_empty() {
+            return Err("--nats needs at least one server".into());
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            return Err("--nats-user and --nats-password go together".into());
+        }
+        Ok(bus::nats::NatsConfig {
+            servers,
+            name: name.to_owned(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            nkey_seed: self.nats_nkey_seed.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            ..bus::nats::NatsConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]

@@ -7,10 +7,12 @@
 //! Layout:
 //! - [`config`]: command line and environment (clap), validated into component configs.
 //! - [`standalone`]: edge + router + in-process bus + embedded store in one process.
+//! - [`cluster`]: the edge and router processes of a cluster (NATS, ScyllaDB).
 //! - [`token`]: development tokens and the development secret.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod config;
 pub mod standalone;
 pub mod telemetry;

@@ -1,13 +1,17 @@
 //! `messenger`: configuration → tracing → metrics → run.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use edge::Authenticator;
+use edge::admin::Render;
 use router::RouterConfig;
-use server::config::{Cli, Command, EXIT_CONFIG, StandaloneArgs};
+use server::cluster::{self, EdgeNodeConfig, RouterNodeConfig};
+use server::config::{AuthArgs, Cli, Command, EXIT_CONFIG, StandaloneArgs};
 use server::standalone::{self, StandaloneConfig};
 use server::{telemetry, token};
 use tokio::net::TcpListener;
@@ -22,36 +26,116 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
+    let compact = cli.log_format == "compact";
     match cli.command {
         Command::Token(args) => match mint(args) {
             Ok(t) => {
                 println!("{t}");
                 ExitCode::SUCCESS
             }
-            Err(err) => {
-                eprintln!("error: {err:#}");
-                ExitCode::from(EXIT_CONFIG as u8)
-            }
+            Err(err) => config_error(err),
         },
         Command::Standalone(args) => {
             let config = match standalone_config(&args) {
                 Ok(c) => c,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    return ExitCode::from(EXIT_CONFIG as u8);
-                }
+                Err(err) => return config_error(err),
             };
-            if let Err(err) = telemetry::init_tracing(&cli.log, cli.log_format == "compact") {
-                eprintln!("error: {err:#}");
-                return ExitCode::from(EXIT_CONFIG as u8);
+            let (listen, admin, data_dir) = (args.listen, args.admin_listen, args.data_dir.clone());
+            serve(&cli.log, compact, move |render, shutdown| async move {
+                let listener = bind(listen).await?;
+                let admin = bind(admin).await?;
+                announce(&listener, &admin)?;
+                println!(
+                    "connect: ws://{}/?token=$(messenger token --user alice --data-dir {})",
+                    listener.local_addr()?,
+                    data_dir.display()
+                );
+                standalone::run(config, listener, admin, render, shutdown).await
+            })
+        }
+        Command::Edge(args) => {
+            let config = match edge_config(&args) {
+                Ok(c) => c,
+                Err(err) => return config_error(err),
+            };
+            let (listen, admin) = (args.listen, args.admin_listen);
+            serve(&cli.log, compact, move |render, shutdown| async move {
+                let listener = bind(listen).await?;
+                let admin = bind(admin).await?;
+                announce(&listener, &admin)?;
+                cluster::run_edge(config, listener, admin, render, shutdown).await
+            })
+        }
+        Command::Router(args) => {
+            let config = match router_config(&args) {
+                Ok(c) => c,
+                Err(err) => return config_error(err),
+            };
+            let admin = args.admin_listen;
+            serve(&cli.log, compact, move |render, shutdown| async move {
+                let admin = bind(admin).await?;
+                println!("listening admin={}", admin.local_addr()?);
+                cluster::run_router(config, admin, render, shutdown).await
+            })
+        }
+    }
+}
+
+fn config_error(err: anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))
+}
+
+/// Fixtures and humans read this line; keep its shape.
+fn announce(ws: &TcpListener, admin: &TcpListener) -> anyhow::Result<()> {
+    println!("listening ws={} admin={}", ws.local_addr()?, admin.local_addr()?);
+    Ok(())
+}
+
+/// Starts tracing, metrics and the runtime, then runs `node` until a signal.
+fn serve<F, Fut>(log: &str, compact: bool, node: F) -> ExitCode
+where
+    F: FnOnce(Render, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    if let Err(err) = telemetry::init_tracing(log, compact) {
+        return config_error(err);
+    }
+    let result = (|| {
+        let metrics = telemetry::init_metrics()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            if let Some(limit) = telemetry::open_files_limit() {
+                tracing::info!(limit, "open files limit: at most about this many connections");
             }
-            match serve(*args, config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("{err:#}");
-                    ExitCode::FAILURE
+            // Histograms are aggregated when rendered or by this upkeep; without it, an
+            // unscraped node would accumulate samples.
+            let upkeep = metrics.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
                 }
-            }
+            });
+            let render: Render = Arc::new(move || {
+                telemetry::sample_process();
+                metrics.render()
+            });
+            let shutdown = CancellationToken::new();
+            tokio::spawn(on_signal(shutdown.clone()));
+            node(render, shutdown).await
+        })
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -67,32 +151,40 @@ fn mint(args: server::config::TokenArgs) -> anyhow::Result<String> {
     token::mint(secret.as_bytes(), &args.user, args.ttl)
 }
 
-fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
-    let edge = args.edge.to_config().map_err(anyhow::Error::msg)?;
+fn authenticator(auth: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<Authenticator> {
     let mut keys = Vec::new();
-    let secret = match (&args.auth.jwt_secret, &args.auth.jwt_public_key) {
+    let secret = match (&auth.jwt_secret, &auth.jwt_public_key) {
         (Some(s), _) => Some(s.clone()),
         (None, Some(_)) => None,
         (None, None) => {
             eprintln!(
                 "WARNING: no --jwt-secret or --jwt-public-key: using the development secret in {}. \
                  Anyone who can read that file can mint tokens. Do not run like this in production.",
-                args.data_dir.join(token::DEV_SECRET_FILE).display()
+                data_dir.join(token::DEV_SECRET_FILE).display()
             );
-            Some(token::dev_secret(&args.data_dir, true)?)
+            Some(token::dev_secret(data_dir, true)?)
         }
     };
     if let Some(secret) = secret {
         keys.push(Authenticator::hs256_key(secret.as_bytes())?);
     }
-    if let Some(path) = &args.auth.jwt_public_key {
+    if let Some(path) = &auth.jwt_public_key {
         let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         keys.push(Authenticator::public_key(&pem)?);
     }
-    let auth = Authenticator::new(keys, args.auth.jwt_issuer.clone(), args.auth.jwt_audience.clone())?;
-    if args.router_shards == 0 || args.router_shards > 1024 {
+    Ok(Authenticator::new(keys, auth.jwt_issuer.clone(), auth.jwt_audience.clone())?)
+}
+
+fn router_config_from(shards: usize) -> anyhow::Result<RouterConfig> {
+    if shards == 0 || shards > 1024 {
         anyhow::bail!("--router-shards must be between 1 and 1024");
     }
+    Ok(RouterConfig { shards, ..RouterConfig::default() })
+}
+
+fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
+    let edge = args.edge.to_config().map_err(anyhow::Error::msg)?;
+    let auth = authenticator(&args.auth, &args.data_dir)?;
     if args.store_max_batch == 0 {
         anyhow::bail!("--store-max-batch must be positive");
     }
@@ -104,44 +196,28 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
         cql,
         data_dir: args.data_dir.clone(),
         edge,
-        router: RouterConfig { shards: args.router_shards, ..RouterConfig::default() },
+        router: router_config_from(args.router_shards)?,
         store_max_batch: args.store_max_batch,
         auth,
         shutdown_deadline: args.shutdown_deadline,
     })
 }
 
-fn serve(args: StandaloneArgs, config: StandaloneConfig) -> anyhow::Result<()> {
-    let metrics = telemetry::init_metrics()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let listener = TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
-        let admin =
-            TcpListener::bind(args.admin_listen).await.with_context(|| format!("bind {}", args.admin_listen))?;
-        let (ws, http) = (listener.local_addr()?, admin.local_addr()?);
-        // Fixtures and humans read this line; keep its shape.
-        println!("listening ws={ws} admin={http}");
-        println!("connect: ws://{ws}/?token=$(messenger token --user alice --data-dir {})", args.data_dir.display());
-        let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
-        if let Some(limit) = telemetry::open_files_limit() {
-            tracing::info!(limit, "open files limit: at most about this many connections");
-        }
-        // Histograms are aggregated when rendered or by this upkeep; without it, an unscraped
-        // node would accumulate samples.
-        let upkeep = metrics.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                upkeep.run_upkeep();
-            }
-        });
-        let render = Arc::new(move || {
-            telemetry::sample_process();
-            metrics.render()
-        });
-        standalone::run(config, listener, admin, render, shutdown).await
+fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeConfig> {
+    Ok(EdgeNodeConfig {
+        edge: args.edge.to_config().map_err(anyhow::Error::msg)?,
+        auth: authenticator(&args.auth, &args.data_dir)?,
+        nats: args.nats.to_config(&format!("edge-{}", args.listen)).map_err(anyhow::Error::msg)?,
+        shutdown_deadline: args.shutdown_deadline,
+    })
+}
+
+fn router_config(args: &server::config::RouterNodeArgs) -> anyhow::Result<RouterNodeConfig> {
+    Ok(RouterNodeConfig {
+        router: router_config_from(args.router_shards)?,
+        cql: args.cql.to_config().map_err(anyhow::Error::msg)?,
+        nats: args.nats.to_config("router").map_err(anyhow::Error::msg)?,
+        shutdown_deadline: args.shutdown_deadline,
     })
 }
 
@@ -156,21 +232,18 @@ async fn on_signal(shutdown: CancellationToken) {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = int.recv() => tracing::info!("SIGINT: draining"),
         }
+        shutdown.cancel();
+        // A second signal means "now": every acknowledged write is already durable.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without finishing the drain");
+        std::process::exit(130);
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    shutdown.cancel();
-    // A second signal means "now": every acknowledged write is already durable.
-    #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("second signal: exiting without finishing the drain");
-            std::process::exit(130);
-        }
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
     }
 }

@@ -11,40 +11,21 @@ use client::{Client, cursor};
 use fixture::*;
 use protocol::{ChatKind, ClientFrame, EventBody, ServerFrame};
 
-/// The test database (`MESSENGER_TEST_CQL`, started by `scripts/test.sh`); required in CI.
-fn cql_node() -> Option<String> {
-    match std::env::var("MESSENGER_TEST_CQL") {
-        Ok(node) if !node.is_empty() => Some(node),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but MESSENGER_TEST_CQL is unset: the CQL tests must run in CI")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: no CQL database (set MESSENGER_TEST_CQL=host:port, see scripts/cassandra/cassandra.sh)"
-            );
-            None
-        }
-    }
-}
-
 fn keyspace() -> String {
-    format!(
-        "s_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros()
-    )
+    unique_keyspace("s")
 }
 
-fn start_on(node: &str, ks: &str, extra: &[&str]) -> TestServer {
+/// The guard comes first so that it drops last, after the server is gone.
+fn start_on(node: &str, ks: &str, extra: &[&str]) -> (KeyspaceGuard, TestServer) {
     let mut args = vec!["--store", "cql", "--cql-nodes", node, "--cql-keyspace", ks];
     args.extend_from_slice(extra);
-    TestServer::start(&args)
+    (KeyspaceGuard { node: node.to_owned(), keyspace: ks.to_owned() }, TestServer::start(&args))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_semantics_hold_on_cql() {
     let Some(node) = cql_node() else { return };
-    let server = start_on(&node, &keyspace(), &[]);
+    let (_ks, server) = start_on(&node, &keyspace(), &[]);
     for enc in ENCODINGS {
         let (a, b) = (format!("a-{enc:?}"), format!("b-{enc:?}"));
         let mut alice = server.connect(&a, enc).await;
@@ -85,7 +66,7 @@ async fn a_database_restart_under_load_loses_no_acked_message() {
     let Some(node) = cql_node() else { return };
     let port = node.rsplit(':').next().unwrap().to_owned();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cassandra/cassandra.sh");
-    let server = start_on(
+    let (_ks, server) = start_on(
         &node,
         &keyspace(),
         &["--rate-requests-per-second", "100000", "--rate-request-burst", "100000", "--request-timeout", "5s"],

@@ -21,11 +21,23 @@ pub struct TestServer {
     pub dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     secret: String,
+    /// In cluster topology: the other edges' addresses (connections alternate between them),
+    /// and the processes behind this one, dropped (killed) with it.
+    edges: Vec<String>,
+    next_edge: std::sync::atomic::AtomicUsize,
+    behind: Vec<TestServer>,
+    nats: Option<TestNats>,
+    keyspace: Option<KeyspaceGuard>,
 }
 
 impl TestServer {
-    /// Starts a server in a fresh data directory with extra flags.
+    /// Starts a server in a fresh data directory with extra flags. With
+    /// `MESSENGER_TEST_TOPOLOGY=cluster` it starts a cluster instead (NATS, 2 routers on the
+    /// test CQL database, 2 edges given `args`), so the same tests run against both modes.
     pub fn start(args: &[&str]) -> TestServer {
+        if std::env::var("MESSENGER_TEST_TOPOLOGY").is_ok_and(|t| t == "cluster") {
+            return TestServer::start_cluster(args);
+        }
         let temp = tempfile::tempdir().expect("tempdir");
         let mut s = TestServer::start_in(temp.path(), args);
         s._temp = Some(temp);
@@ -34,11 +46,61 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (restarts).
     pub fn start_in(dir: &Path, args: &[&str]) -> TestServer {
+        let mut full = vec!["standalone", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"];
+        let dir_str = dir.to_str().expect("utf-8 path").to_owned();
+        full.push(&dir_str);
+        full.extend_from_slice(args);
+        let mut s = TestServer::spawn(&full, None);
+        s.dir = dir.to_owned();
+        s.secret = std::fs::read_to_string(dir.join("dev-jwt-secret")).expect("dev secret").trim().to_owned();
+        s
+    }
+
+    /// NATS + 2 routers + 2 edges (with `edge_args`), fronted as one server.
+    pub fn start_cluster(edge_args: &[&str]) -> TestServer {
+        const SECRET: &str = "cluster-test-secret-cluster-test-secret";
+        let cql = cql_node().expect("MESSENGER_TEST_TOPOLOGY=cluster needs MESSENGER_TEST_CQL");
+        let nats = TestNats::required();
+        let keyspace = unique_keyspace("t");
+        let mut behind: Vec<TestServer> =
+            (0..2).map(|_| TestServer::start_router(&nats.url(), &cql, &keyspace)).collect();
+        let mut front = TestServer::start_edge(&nats.url(), SECRET, edge_args);
+        let second = TestServer::start_edge(&nats.url(), SECRET, edge_args);
+        front.edges = vec![front.ws.clone(), second.ws.clone()];
+        behind.push(second);
+        // Tests that read the development secret find the cluster's.
+        let temp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(temp.path().join("dev-jwt-secret"), SECRET).expect("write secret");
+        front.dir = temp.path().to_owned();
+        front._temp = Some(temp);
+        front.behind = behind;
+        front.nats = Some(nats);
+        front.keyspace = Some(KeyspaceGuard { node: cql, keyspace });
+        front
+    }
+
+    /// Starts a cluster edge on free ports.
+    pub fn start_edge(nats: &str, secret: &str, extra: &[&str]) -> TestServer {
+        let mut args = vec!["edge", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--nats", nats];
+        args.extend_from_slice(&["--jwt-secret", secret]);
+        args.extend_from_slice(extra);
+        let mut s = TestServer::spawn(&args, None);
+        s.secret = secret.to_owned();
+        s
+    }
+
+    /// Starts a cluster router on a free admin port.
+    pub fn start_router(nats: &str, cql: &str, keyspace: &str) -> TestServer {
+        let args =
+            ["router", "--admin-listen", "127.0.0.1:0", "--nats", nats, "--cql-nodes", cql, "--cql-keyspace", keyspace];
+        TestServer::spawn(&args, None)
+    }
+
+    /// Spawns `messenger ARGS`, reads the addresses it prints, waits until it is ready.
+    fn spawn(args: &[&str], _env: Option<()>) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger"));
-        cmd.args(["standalone", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(["--log", &std::env::var("MESSENGER_TEST_LOG").unwrap_or_else(|_| "warn".into())])
-            .args(args)
+        cmd.args(args)
+            .args(["--log", &std::env::var("MESSENGER_TEST_LOG").unwrap_or_else(|_| "warn,scylla=off".into())])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null());
@@ -53,7 +115,7 @@ impl TestServer {
             // Keep draining so the child never blocks on a full pipe.
             for _ in lines {}
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).expect("server did not print its addresses");
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("node did not print its addresses");
         let mut ws = String::new();
         let mut admin = String::new();
         for part in line.split_whitespace() {
@@ -64,10 +126,21 @@ impl TestServer {
                 admin = v.to_owned();
             }
         }
-        assert!(!ws.is_empty() && !admin.is_empty(), "unexpected first line {line:?}");
-        let secret = std::fs::read_to_string(dir.join("dev-jwt-secret")).expect("dev secret").trim().to_owned();
+        assert!(!admin.is_empty(), "unexpected first line {line:?}");
         wait_ready(&admin);
-        TestServer { child: Some(child), ws, admin, dir: dir.to_owned(), _temp: None, secret }
+        TestServer {
+            child: Some(child),
+            ws,
+            admin,
+            dir: PathBuf::new(),
+            _temp: None,
+            secret: String::new(),
+            edges: Vec::new(),
+            next_edge: std::sync::atomic::AtomicUsize::new(0),
+            behind: Vec::new(),
+            nats: None,
+            keyspace: None,
+        }
     }
 
     /// A token for `user`, valid for an hour.
@@ -77,7 +150,11 @@ impl TestServer {
 
     /// Connects `user`, waits for hello, sends an empty resume.
     pub async fn connect(&self, user: &str, encoding: Encoding) -> Client {
-        Client::connect(&self.ws, &self.token(user), encoding).await.expect("connect")
+        let ws = match self.edges.len() {
+            0 => &self.ws,
+            n => &self.edges[self.next_edge.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n],
+        };
+        Client::connect(ws, &self.token(user), encoding).await.expect("connect")
     }
 
     pub fn pid(&self) -> u32 {
@@ -149,6 +226,10 @@ fn wait_ready(admin: &str) {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.kill9();
+        // Edges and routers before NATS, so that none logs a lost server.
+        self.behind.clear();
+        self.nats = None;
+        self.keyspace = None;
     }
 }
 
@@ -185,4 +266,137 @@ pub fn events_of(frames: &[ServerFrame], chat: ChatId) -> Vec<protocol::Event> {
             _ => None,
         })
         .collect()
+}
+
+/// A real nats-server on free ports (client and monitoring), killed when dropped.
+pub struct TestNats {
+    child: Option<Child>,
+    pub port: u16,
+    pub monitor: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl TestNats {
+    /// Starts nats-server, or returns `None` (loudly) when it is not installed outside CI.
+    pub fn start() -> Option<TestNats> {
+        let bin = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).status().is_ok())?;
+        let (port, monitor) = (free_port(), free_port());
+        let mut nats = TestNats { child: None, port, monitor };
+        nats.spawn(bin);
+        Some(nats)
+    }
+
+    /// Whether tests needing NATS must run: in CI they never skip.
+    pub fn required() -> TestNats {
+        match TestNats::start() {
+            Some(n) => n,
+            None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("CI=true but nats-server is not installed")
+            }
+            None => panic!("nats-server is not installed (apt-get install nats-server)"),
+        }
+    }
+
+    fn spawn(&mut self, bin: &str) {
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGKILL) and starts it again on the same ports.
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn("nats-server");
+    }
+
+    /// (in_msgs, out_msgs) from the monitoring endpoint.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.monitor)).expect("monitor");
+        s.write_all(b"GET /varz HTTP/1.0\r\n\r\n").expect("write");
+        let mut body = String::new();
+        s.read_to_string(&mut body).expect("read");
+        let field = |name: &str| -> u64 {
+            let key = format!("\"{name}\":");
+            let at = body.find(&key).expect("varz field") + key.len();
+            body[at..].trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap_or("0").parse().unwrap_or(0)
+        };
+        (field("in_msgs"), field("out_msgs"))
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The test database (`MESSENGER_TEST_CQL`, started by `scripts/test.sh`); required in CI.
+pub fn cql_node() -> Option<String> {
+    match std::env::var("MESSENGER_TEST_CQL") {
+        Ok(node) if !node.is_empty() => Some(node),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but MESSENGER_TEST_CQL is unset: the CQL tests must run in CI")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: no CQL database (set MESSENGER_TEST_CQL=host:port, see scripts/cassandra/cassandra.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// A keyspace name no other test uses.
+pub fn unique_keyspace(prefix: &str) -> String {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    format!("{prefix}_{}_{micros}", std::process::id())
+}
+
+/// Drops a test keyspace when dropped: a test database that accumulates keyspaces (ten
+/// tables each) runs out of heap. Runs on its own thread and runtime, since drops happen
+/// inside the test's runtime.
+pub struct KeyspaceGuard {
+    pub node: String,
+    pub keyspace: String,
+}
+
+impl Drop for KeyspaceGuard {
+    fn drop(&mut self) {
+        let (node, ks) = (self.node.clone(), self.keyspace.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async {
+                let session = scylla::client::session_builder::SessionBuilder::new().known_node(&node).build().await;
+                if let Ok(session) = session {
+                    let _ = session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await;
+                }
+            });
+        })
+        .join();
+    }
 }

@@ -1,0 +1,288 @@
+//! The bus over NATS core, for the cluster mode.
+//!
+//! One connection per process carries every subscription and request; async-nats multiplexes
+//! them and, after a reconnect, restores the subscriptions on the new connection.
+//!
+//! Unlike the local bus, a full sink cannot make a remote publisher wait. Each subscription
+//! has an async-nats buffer in front of its sink; when the sink stays full long enough for
+//! that buffer to fill too, async-nats drops messages and reports a slow consumer, which is
+//! counted in `bus_nats_slow_consumers_total`. Edges repair such gaps from history.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::client::RequestErrorKind;
+use async_nats::rustls::pki_types::CertificateDer;
+use async_nats::rustls::pki_types::pem::PemObject;
+use async_nats::rustls::{self, ClientConfig, RootCertStore};
+use async_nats::{Client, ConnectOptions, Event, Request, ServerAddr, Subscriber};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::task::AbortHandle;
+
+use crate::{Bus, BusError, BusMessage, Sink, Subscription};
+
+/// Messages async-nats buffers per subscription in front of its sink (the async-nats
+/// default): large enough to ride out a sink that is briefly full without dropping.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
+
+/// Commands (publishes, subscribes, requests) queued towards the connection (the async-nats
+/// default). While the server is unreachable they wait here; once it is full, publishing
+/// waits until the connection is back.
+pub const DEFAULT_CLIENT_CAPACITY: usize = 2_048;
+
+/// Per attempt, initial connect and reconnects alike.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `subscribe` waits for the server to confirm the interest. Only reached while
+/// the connection is down: failing then beats hanging until it is back.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach NATS.
+#[derive(Clone)]
+pub struct NatsConfig {
+    /// `nats://host:port`, several for a cluster.
+    pub servers: Vec<String>,
+    /// Shown by the server's monitoring, to tell processes apart.
+    pub name: String,
+    /// Set both or neither.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub nkey_seed: Option<String>,
+    /// Requires TLS and trusts this CA (PEM) for the server's certificate.
+    pub tls_ca: Option<PathBuf>,
+    pub subscription_capacity: usize,
+    pub client_capacity: usize,
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            servers: vec!["nats://127.0.0.1:4222".to_owned()],
+            name: "messenger".to_owned(),
+            user: None,
+            password: None,
+            nkey_seed: None,
+            tls_ca: None,
+            subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
+            client_capacity: DEFAULT_CLIENT_CAPACITY,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// Written by hand so that logging the configuration never logs a secret.
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
+        f.debug_struct("NatsConfig")
+            .field("servers", &self.servers)
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .field("password", &redact(&self.password))
+            .field("nkey_seed", &redact(&self.nkey_seed))
+            .field("tls_ca", &self.tls_ca)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("client_capacity", &self.client_capacity)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+/// The NATS bus. Clones share one connection.
+#[derive(Clone, Debug)]
+pub struct NatsBus {
+    client: Client,
+}
+
+impl NatsBus {
+    /// Connects once, failing fast if no server is reachable now; after that, reconnects
+    /// without limit and restores every subscription on the new connection.
+    pub async fn connect(config: NatsConfig) -> Result<NatsBus, BusError> {
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| s.parse::<ServerAddr>().map_err(|e| BusError::Unavailable(format!("NATS server {s:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err(BusError::Unavailable("no NATS server configured".to_owned()));
+        }
+        let mut options = ConnectOptions::new()
+            .name(&config.name)
+            .subscription_capacity(config.subscription_capacity)
+            .client_capacity(config.client_capacity)
+            .connection_timeout(config.connect_timeout)
+            .max_reconnects(None)
+            .event_callback(|event| async move { on_event(event) });
+        match (config.user, config.password) {
+            (Some(user), Some(password)) => options = options.user_and_password(user, password),
+            (None, None) => {}
+            _ => return Err(BusError::Unavailable("NATS user and password must be set together".to_owned())),
+        }
+        if let Some(seed) = config.nkey_seed {
+            options = options.nkey(seed);
+        }
+        if let Some(ca) = &config.tls_ca {
+            options = options.require_tls(true).tls_client_config(tls_config(ca)?);
+        }
+        let client = options
+            .connect(servers)
+            .await
+            .map_err(|e| BusError::Unavailable(format!("connecting to NATS {:?}: {e}", config.servers)))?;
+        Ok(NatsBus { client })
+    }
+
+    /// Returns once the server has processed everything this connection sent before.
+    ///
+    /// `Client::flush` is not enough: it only empties the socket buffer, so a publish from
+    /// another connection could still overtake a subscribe. Our own message coming back
+    /// proves the round trip; unlike a request that expects "no responders", it does not
+    /// depend on nobody else listening (a `nats sub '>'` while debugging).
+    async fn confirm(&self) -> Result<(), BusError> {
+        let probe = self.client.new_inbox();
+        let mut sub = self.client.subscribe(probe.clone()).await.map_err(unavailable)?;
+        self.client.publish(probe, Bytes::new()).await.map_err(unavailable)?;
+        match sub.next().await {
+            Some(_) => Ok(()),
+            None => Err(BusError::Unavailable("NATS connection closed".to_owned())),
+        }
+    }
+
+    async fn subscribe_confirmed(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+        sink: Sink,
+    ) -> Result<Subscription, BusError> {
+        let sub = match queue_group {
+            None => self.client.subscribe(subject.to_owned()).await,
+            Some(group) => self.client.queue_subscribe(subject.to_owned(), group.to_owned()).await,
+        }
+        .map_err(unavailable)?;
+        let dropped = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(forward(sub, sink, dropped.clone()));
+        // Unsubscribes if confirming fails or times out.
+        let guard = Unsubscribe { task: task.abort_handle(), dropped };
+        self.confirm().await?;
+        Ok(Subscription::new(guard))
+    }
+}
+
+/// Built here because async-nats would build it with rustls' process-wide default crypto
+/// provider, which does not exist when a binary links two (the ScyllaDB driver brings
+/// aws-lc-rs): rustls would panic.
+fn tls_config(ca: &Path) -> Result<ClientConfig, BusError> {
+    let bad_ca = |e: &dyn std::fmt::Display| BusError::Unavailable(format!("NATS CA file {ca:?}: {e}"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad_ca(&e))? {
+        roots.add(cert.map_err(|e| bad_ca(&e))?).map_err(|e| bad_ca(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad_ca(&"no certificate"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(unavailable)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+fn on_event(event: Event) {
+    let kind = match &event {
+        Event::SlowConsumer(sid) => {
+            metrics::counter!("bus_nats_slow_consumers_total").increment(1);
+            tracing::warn!(sid, "NATS subscription buffer full, message dropped (slow consumer)");
+            return;
+        }
+        Event::Connected => "connected",
+        Event::Disconnected => "disconnected",
+        Event::LameDuckMode => "lame_duck",
+        Event::Draining => "draining",
+        Event::Closed => "closed",
+        Event::ServerError(_) => "server_error",
+        Event::ClientError(_) => "client_error",
+    };
+    metrics::counter!("bus_nats_connection_events_total", "event" => kind).increment(1);
+    if matches!(event, Event::Connected) {
+        tracing::info!("NATS connected");
+    } else {
+        tracing::warn!(%event, "NATS connection event");
+    }
+}
+
+/// Ends the forwarding task, which drops the async-nats subscriber, which unsubscribes.
+///
+/// Aborting alone is not enough: it takes effect when the task next yields, and a task that
+/// is mid-poll (descheduled by the OS, say) could still forward a message published after
+/// the drop, which the local bus never does. The flag is checked before every send.
+struct Unsubscribe {
+    task: AbortHandle,
+    dropped: Arc<AtomicBool>,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.dropped.store(true, Ordering::Release);
+        self.task.abort();
+    }
+}
+
+async fn forward(mut sub: Subscriber, sink: Sink, dropped: Arc<AtomicBool>) {
+    loop {
+        // Watching `closed` too ends the subscription when its consumer goes away, even on a
+        // quiet subject.
+        let msg = tokio::select! {
+            msg = sub.next() => msg,
+            () = sink.closed() => return,
+        };
+        let Some(msg) = msg else { return };
+        if dropped.load(Ordering::Acquire) {
+            return;
+        }
+        let msg = BusMessage {
+            subject: msg.subject.to_string(),
+            payload: msg.payload,
+            reply: msg.reply.map(|r| r.to_string()),
+        };
+        if sink.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        self.client.publish(subject.to_owned(), payload).await.map_err(unavailable)
+    }
+
+    async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
+        let request = Request::new().payload(payload).timeout(Some(timeout));
+        // async-nats times only the wait for the answer; the outer timeout also bounds
+        // queueing the request while the connection is down.
+        match tokio::time::timeout(timeout, self.client.send_request(subject.to_owned(), request)).await {
+            Err(_) => Err(BusError::Timeout),
+            Ok(Ok(reply)) => Ok(reply.payload),
+            Ok(Err(e)) => Err(match e.kind() {
+                RequestErrorKind::TimedOut => BusError::Timeout,
+                RequestErrorKind::NoResponders => BusError::NoResponders,
+                _ => BusError::Unavailable(e.to_string()),
+            }),
+        }
+    }
+
+    async fn subscribe(&self, subject: &str, queue_group: Option<&str>, sink: Sink) -> Result<Subscription, BusError> {
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.subscribe_confirmed(subject, queue_group, sink))
+            .await
+            .map_err(|_| BusError::Unavailable("NATS did not confirm the subscription in time".to_owned()))?
+    }
+}

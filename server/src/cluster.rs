@@ -1,0 +1,77 @@
+//! The two processes of a cluster: edges (WebSocket termination) and routers (sequencing,
+//! persistence), connected by NATS, sharing a ScyllaDB/Cassandra keyspace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bus::Bus;
+use edge::admin::Render;
+use edge::{Authenticator, Edge, EdgeConfig, Health};
+use persistence::{CqlConfig, CqlStore, Store};
+use router::{Router, RouterConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// An edge's settings, validated.
+pub struct EdgeNodeConfig {
+    pub edge: EdgeConfig,
+    pub auth: Authenticator,
+    pub nats: bus::nats::NatsConfig,
+    pub shutdown_deadline: Duration,
+}
+
+/// Runs an edge until `shutdown`, then drains it.
+pub async fn run_edge(
+    config: EdgeNodeConfig,
+    listener: TcpListener,
+    admin: TcpListener,
+    render: Render,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
+    let edge = Edge::new(config.edge, config.auth, bus);
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
+    let result = edge.run(listener, shutdown, config.shutdown_deadline).await;
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    result.context("edge")?;
+    Ok(())
+}
+
+/// A router's settings, validated.
+pub struct RouterNodeConfig {
+    pub router: RouterConfig,
+    pub cql: CqlConfig,
+    pub nats: bus::nats::NatsConfig,
+    pub shutdown_deadline: Duration,
+}
+
+/// Runs a router until `shutdown`, then finishes what is in flight (within the deadline).
+pub async fn run_router(
+    config: RouterNodeConfig,
+    admin: TcpListener,
+    render: Render,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let health = Health::default();
+    let admin_stop = CancellationToken::new();
+    let admin_task = tokio::spawn(edge::admin::serve(admin, health.clone(), render, admin_stop.clone()));
+    let store: Arc<dyn Store> = Arc::new(CqlStore::connect(&config.cql).await.context("connect to the CQL database")?);
+    let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
+    let router = Router::new(store, bus, config.router).bind().await.context("subscribe")?;
+    health.set_ready(true);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(router.run(stop.clone()));
+    shutdown.cancelled().await;
+    health.set_ready(false);
+    stop.cancel();
+    match tokio::time::timeout(config.shutdown_deadline, task).await {
+        Ok(joined) => joined.context("router task")?.context("router")?,
+        Err(_) => tracing::warn!("shutdown deadline passed with requests in flight"),
+    }
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    Ok(())
+}

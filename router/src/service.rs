@@ -278,9 +278,13 @@ async fn unsequenced((store, bus): Ctx, job: Job, max_presence: usize) {
             Err(e) => store_error(e),
         },
         RouterOp::History { chat, before, after, limit } => history(&store, &user, chat, before, after, limit).await,
-        RouterOp::Presence { status } => match store.chat_ids(&user).await {
-            Ok(ids) => {
-                for chat in ids.into_iter().take(max_presence) {
+        // Presence goes to direct chats and groups, never to broadcast channels: a channel's
+        // subscribers do not see each other, and announcing each of a million subscribers to
+        // all the others would cost a trillion deliveries.
+        RouterOp::Presence { status } => match store.user_chats(&user).await {
+            Ok(chats) => {
+                let shared = chats.into_iter().filter(|c| c.kind != ChatKind::Broadcast).take(max_presence);
+                for chat in shared.map(|c| c.chat) {
                     let event = BusEvent::Presence { chat, user: user.clone(), status };
                     publish(&*bus, &chat_subject(chat), &event).await;
                 }

@@ -204,14 +204,11 @@ fn byte_kind(b: i8) -> Result<ChatKind, StoreError> {
 }
 
 fn role_byte(role: Role) -> i8 {
-    match role {
-        Role::Member => 0,
-        Role::Admin => 1,
-    }
+    crate::role_code(role) as i8
 }
 
 fn byte_role(b: i8) -> Role {
-    if b == 1 { Role::Admin } else { Role::Member }
+    crate::role_from_code(b as u8)
 }
 
 /// Whether an LWT was applied: the first column of its result row.
@@ -725,16 +722,7 @@ impl Store for CqlStore {
         if !applied(result)?.0 && !resuming_direct {
             return Err(StoreError::Unavailable("chat id collision; retry".into()));
         }
-        let event = Event {
-            seq: 1,
-            ts: new.ts,
-            sender: new.creator.clone(),
-            body: EventBody::Created {
-                chat_kind: new.kind,
-                title: new.title.clone(),
-                members: new.members.iter().map(|(u, _)| u.clone()).collect(),
-            },
-        };
+        let event = new.created_event();
         // The chat is invisible until its members are written, so a crash before here leaves
         // only an unreachable row; the event is written last so seq 1 exists once visible.
         for (user, role) in &new.members {

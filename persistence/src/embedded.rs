@@ -21,6 +21,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{Append, Appended, ChatRecord, Created, HistoryPage, Mutation, NewChat, Page, Store, StoreError};
+use crate::{role_code as role_byte, role_from_code as byte_role};
 
 /// chat → [`ChatRecord`]
 const CHATS: TableDefinition<u64, &[u8]> = TableDefinition::new("chats");
@@ -189,17 +190,6 @@ fn init_tables(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
-fn role_byte(role: Role) -> u8 {
-    match role {
-        Role::Member => 0,
-        Role::Admin => 1,
-    }
-}
-
-fn byte_role(b: u8) -> Role {
-    if b == 1 { Role::Admin } else { Role::Member }
-}
-
 fn writer_loop(db: Arc<Database>, mut rx: mpsc::Receiver<WriteJob>, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
@@ -304,16 +294,7 @@ fn apply_create(t: &mut Tables<'_>, new: &NewChat) -> Applied<Created> {
         created_ts: new.ts,
         last_seq: 1,
     };
-    let event = Event {
-        seq: 1,
-        ts: new.ts,
-        sender: new.creator.clone(),
-        body: EventBody::Created {
-            chat_kind: new.kind,
-            title: new.title.clone(),
-            members: new.members.iter().map(|(u, _)| u.clone()).collect(),
-        },
-    };
+    let event = new.created_event();
     t.chats.insert(new.id, encode_envelope(&record).as_ref())?;
     t.events.insert((new.id, 1), encode_envelope(&event).as_ref())?;
     for (user, role) in &new.members {

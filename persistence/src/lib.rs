@@ -36,6 +36,22 @@ pub struct NewChat {
     pub ts: u64,
 }
 
+impl NewChat {
+    /// The chat's first event (seq 1).
+    pub fn created_event(&self) -> Event {
+        Event {
+            seq: 1,
+            ts: self.ts,
+            sender: self.creator.clone(),
+            body: protocol::EventBody::Created {
+                chat_kind: self.kind,
+                title: self.title.clone(),
+                members: self.members.iter().map(|(u, _)| u.clone()).collect(),
+            },
+        }
+    }
+}
+
 /// What [`Store::create_chat`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
@@ -99,6 +115,19 @@ pub enum Page {
 pub struct HistoryPage {
     pub events: Vec<Event>,
     pub more: bool,
+}
+
+/// A role as stored: one byte, 0 member, 1 admin (anything else reads as member).
+pub(crate) fn role_code(role: Role) -> u8 {
+    match role {
+        Role::Member => 0,
+        Role::Admin => 1,
+    }
+}
+
+/// The inverse of [`role_code`].
+pub(crate) fn role_from_code(code: u8) -> Role {
+    if code == 1 { Role::Admin } else { Role::Member }
 }
 
 /// Why a store call failed.

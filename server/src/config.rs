@@ -42,13 +42,23 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct EdgeNodeArgs {
+    #[command(flatten)]
+    pub node: ClientFacingArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+/// What every process that accepts clients takes: addresses, data directory, drain deadline,
+/// token verification and the edge's limits.
+#[derive(Debug, Args)]
+pub struct ClientFacingArgs {
     /// WebSocket listen address.
     #[arg(long, env = "MESSENGER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Admin HTTP listen address (/metrics, /healthz, /readyz).
     #[arg(long, env = "MESSENGER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
-    /// Directory of the development secret (used only without --jwt-secret/--jwt-public-key).
+    /// Data directory: the embedded store (standalone) and the development secret.
     #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
     /// Time allowed for a graceful shutdown after SIGTERM before remaining clients are cut.
@@ -58,8 +68,6 @@ pub struct EdgeNodeArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub edge: EdgeArgs,
-    #[command(flatten)]
-    pub nats: NatsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -122,22 +130,8 @@ impl NatsArgs {
 
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
-    /// WebSocket listen address.
-    #[arg(long, env = "MESSENGER_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Admin HTTP listen address (/metrics, /healthz, /readyz).
-    #[arg(long, env = "MESSENGER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
-    pub admin_listen: SocketAddr,
-    /// Directory for the embedded store (and the development secret).
-    #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
-    pub data_dir: PathBuf,
-    /// Time allowed for a graceful shutdown after SIGTERM before remaining clients are cut.
-    #[arg(long, env = "MESSENGER_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
-    pub shutdown_deadline: Duration,
     #[command(flatten)]
-    pub auth: AuthArgs,
-    #[command(flatten)]
-    pub edge: EdgeArgs,
+    pub node: ClientFacingArgs,
     /// Router sequencing shards.
     #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = 8)]
     pub router_shards: usize,
@@ -376,9 +370,9 @@ mod tests {
     fn edge_defaults_validate() {
         let cli = Cli::try_parse_from(["messenger", "standalone"]).unwrap();
         let Command::Standalone(args) = cli.command else { panic!() };
-        assert!(args.edge.to_config().is_ok());
+        assert!(args.node.edge.to_config().is_ok());
         let cli = Cli::try_parse_from(["messenger", "standalone", "--max-frame-bytes", "999999"]).unwrap();
         let Command::Standalone(args) = cli.command else { panic!() };
-        assert!(args.edge.to_config().is_err());
+        assert!(args.node.edge.to_config().is_err());
     }
 }

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(err) => return config_error(err),
             };
-            let (listen, admin, data_dir) = (args.listen, args.admin_listen, args.data_dir.clone());
+            let (listen, admin, data_dir) = (args.node.listen, args.node.admin_listen, args.node.data_dir.clone());
             serve(&cli.log, compact, move |render, shutdown| async move {
                 let listener = bind(listen).await?;
                 let admin = bind(admin).await?;
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(err) => return config_error(err),
             };
-            let (listen, admin) = (args.listen, args.admin_listen);
+            let (listen, admin) = (args.node.listen, args.node.admin_listen);
             serve(&cli.log, compact, move |render, shutdown| async move {
                 let listener = bind(listen).await?;
                 let admin = bind(admin).await?;
@@ -183,8 +183,8 @@ fn router_config_from(shards: usize) -> anyhow::Result<RouterConfig> {
 }
 
 fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> {
-    let edge = args.edge.to_config().map_err(anyhow::Error::msg)?;
-    let auth = authenticator(&args.auth, &args.data_dir)?;
+    let edge = args.node.edge.to_config().map_err(anyhow::Error::msg)?;
+    let auth = authenticator(&args.node.auth, &args.node.data_dir)?;
     if args.store_max_batch == 0 {
         anyhow::bail!("--store-max-batch must be positive");
     }
@@ -194,21 +194,21 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
     };
     Ok(StandaloneConfig {
         cql,
-        data_dir: args.data_dir.clone(),
+        data_dir: args.node.data_dir.clone(),
         edge,
         router: router_config_from(args.router_shards)?,
         store_max_batch: args.store_max_batch,
         auth,
-        shutdown_deadline: args.shutdown_deadline,
+        shutdown_deadline: args.node.shutdown_deadline,
     })
 }
 
 fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeConfig> {
     Ok(EdgeNodeConfig {
-        edge: args.edge.to_config().map_err(anyhow::Error::msg)?,
-        auth: authenticator(&args.auth, &args.data_dir)?,
-        nats: args.nats.to_config(&format!("edge-{}", args.listen)).map_err(anyhow::Error::msg)?,
-        shutdown_deadline: args.shutdown_deadline,
+        edge: args.node.edge.to_config().map_err(anyhow::Error::msg)?,
+        auth: authenticator(&args.node.auth, &args.node.data_dir)?,
+        nats: args.nats.to_config(&format!("edge-{}", args.node.listen)).map_err(anyhow::Error::msg)?,
+        shutdown_deadline: args.node.shutdown_deadline,
     })
 }
 

@@ -84,6 +84,12 @@ impl Bench {
         Ok(c)
     }
 
+    /// The scheduled time `at`, in the microseconds-since-start the receivers compare with:
+    /// a send that leaves late is still measured from when it should have left.
+    fn intended_us(&self, at: tokio::time::Instant) -> u64 {
+        self.now_us().saturating_sub(tokio::time::Instant::now().saturating_duration_since(at).as_micros() as u64)
+    }
+
     fn now_us(&self) -> u64 {
         self.started.elapsed().as_micros() as u64
     }
@@ -172,8 +178,7 @@ async fn direct(bench: Arc<Bench>, pairs: usize, rate: u64, seconds: u64) -> any
             while next < end {
                 tokio::select! {
                     _ = tokio::time::sleep_until(next) => {
-                        let intended = bench.started.elapsed().as_micros() as u64
-                            - tokio::time::Instant::now().saturating_duration_since(next).as_micros() as u64;
+                        let intended = bench.intended_us(next);
                         let req = c.req();
                         let frame = ClientFrame::Send { req, chat, client_msg_id: format!("{req}"), body: intended.to_string() };
                         if c.send(&frame).await.is_err() { break; }
@@ -231,8 +236,7 @@ async fn broadcast(
     while next < end {
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {
-                let intended = bench.started.elapsed().as_micros() as u64
-                    - tokio::time::Instant::now().saturating_duration_since(next).as_micros() as u64;
+                let intended = bench.intended_us(next);
                 let req = admin.req();
                 admin.send(&ClientFrame::Send { req, chat, client_msg_id: format!("{req}"), body: intended.to_string() }).await?;
                 sent += 1;

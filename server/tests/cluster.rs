@@ -370,3 +370,53 @@ async fn a_nats_restart_under_load_loses_nothing() {
     assert!(last_ack > 10, "no progress: {last_ack}");
     check_delivery(&mut bob, &acked).await;
 }
+
+/// SIGTERM on an edge under load: readiness goes false first, its clients get `go_away` and
+/// 1001, reconnect to the other edge and resume; nothing acked is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_an_edge_moves_its_clients_without_loss() {
+    let Some(mut cluster) = Cluster::start(1, 2) else { return };
+    let mut alice = cluster.connect(1, "alice", Encoding::Json).await;
+    let mut chats = Vec::new();
+    for _ in 0..2 {
+        chats.push(created(&alice.create_chat(ChatKind::Group, "g", &["bob"]).await.unwrap()));
+    }
+    let mut bob = cluster.connect(0, "bob", Encoding::Json).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let draining = cluster.edges.remove(0);
+    let acked_log = send_steadily(&cluster, &chats, stop.clone()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    draining.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(draining.admin_get("/readyz").await.0, 503);
+    // Bob reads to the go_away, noting what he saw, and the close.
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut prior: BTreeMap<u64, BTreeMap<u64, String>> = BTreeMap::new();
+    loop {
+        match bob.recv().await {
+            Ok(ServerFrame::Event { chat, event }) => {
+                last.insert(chat, event.seq);
+                if let EventBody::Message { client_msg_id, .. } = event.body {
+                    prior.entry(chat).or_default().insert(event.seq, client_msg_id);
+                }
+            }
+            Ok(ServerFrame::GoAway { .. }) => break,
+            Ok(_) => {}
+            Err(e) => panic!("no go_away before {e}"),
+        }
+    }
+    assert_eq!(bob.closed_code(Duration::from_secs(10)).await, Some(1001));
+    let cursors = chats.iter().map(|c| cursor(*c, last.get(c).copied().unwrap_or(0))).collect();
+    let (mut bob, frames) =
+        Client::connect_resuming(&cluster.edges[0].ws, &cluster.token("bob"), Encoding::Json, cursors).await.unwrap();
+    for e in chats.iter().flat_map(|c| events_of(&frames, *c).into_iter().map(move |e| (*c, e))) {
+        if let (chat, protocol::Event { seq, body: EventBody::Message { client_msg_id, .. }, .. }) = e {
+            prior.entry(chat).or_default().insert(seq, client_msg_id);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acked = acked_log.await.unwrap();
+    check_delivery_after(&mut bob, &acked, prior).await;
+    drop(draining);
+}

@@ -17,6 +17,7 @@ fi
 # NATS for the cluster tests: Debian's package (root in CI; a developer may install it once).
 if ! command -v nats-server >/dev/null && [[ ! -x /usr/sbin/nats-server ]]; then
     if [[ $(id -u) -eq 0 ]]; then
+        export DEBIAN_FRONTEND=noninteractive
         (apt-get install -y nats-server || { apt-get update && apt-get install -y nats-server; }) >/dev/null
     else
         echo "nats-server not found: sudo apt-get install nats-server" >&2

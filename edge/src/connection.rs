@@ -38,6 +38,12 @@ type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 /// reads are not starved.
 const WRITE_BATCH: usize = 256;
 
+/// Recorded once per delivered event per connection: the hottest metric of the edge, so the
+/// handle is looked up in the recorder once per process rather than on every record. (The
+/// recorder is installed before any connection exists.)
+static DELIVERY_SECONDS: std::sync::LazyLock<metrics::Histogram> =
+    std::sync::LazyLock::new(|| metrics::histogram!("edge_delivery_seconds"));
+
 /// How long a draining connection waits for replies to requests already in flight.
 const DRAIN_REPLY_GRACE: Duration = Duration::from_secs(3);
 
@@ -365,7 +371,7 @@ impl Connection {
                 return None;
             }
             *last = item.seq;
-            metrics::histogram!("edge_delivery_seconds").record(item.queued.elapsed().as_secs_f64());
+            DELIVERY_SECONDS.record(item.queued.elapsed().as_secs_f64());
         }
         Some(item.message)
     }

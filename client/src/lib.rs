@@ -304,6 +304,30 @@ impl Client {
         self.request(|req| ClientFrame::CreateChat { req, kind, title, members }).await
     }
 
+    /// Every event of `chat` after seq `after`, reading history page by page (200 a page).
+    pub async fn history_after(&mut self, chat: ChatId, mut after: u64) -> Result<Vec<protocol::Event>, ClientError> {
+        let mut events = Vec::new();
+        loop {
+            let reply = self.request(|req| ClientFrame::History {
+                req,
+                chat,
+                before: None,
+                after: Some(after),
+                limit: Some(200),
+            });
+            match reply.await? {
+                ServerFrame::History { events: page, more, .. } => {
+                    after = page.last().map(|e| e.seq).unwrap_or(after);
+                    events.extend(page);
+                    if !more {
+                        return Ok(events);
+                    }
+                }
+                other => return Err(ClientError::Unexpected(Box::new(other))),
+            }
+        }
+    }
+
     pub async fn send_message(
         &mut self,
         chat: ChatId,

@@ -122,26 +122,12 @@ async fn a_database_restart_under_load_loses_no_acked_message() {
     eprintln!("acked {} messages, {retries} retryable errors during the restart", all.len());
     // Everything acked is stored once, at its seq, and the chat is gap-free.
     let mut stored = BTreeMap::new();
-    let mut after = 0;
-    loop {
-        match alice
-            .request(|req| ClientFrame::History { req, chat, before: None, after: Some(after), limit: Some(200) })
-            .await
-            .unwrap()
-        {
-            ServerFrame::History { events, more, .. } => {
-                for e in &events {
-                    if let EventBody::Message { client_msg_id, text, .. } = &e.body {
-                        assert_eq!(text, &format!("body {client_msg_id}"));
-                        stored.insert(e.seq, client_msg_id.clone());
-                    }
-                }
-                after = events.last().map(|e| e.seq).unwrap_or(after);
-                if !more {
-                    break;
-                }
-            }
-            other => panic!("{other:?}"),
+    let events = alice.history_after(chat, 0).await.unwrap();
+    let after = events.last().map(|e| e.seq).unwrap_or(0);
+    for e in &events {
+        if let EventBody::Message { client_msg_id, text, .. } = &e.body {
+            assert_eq!(text, &format!("body {client_msg_id}"));
+            stored.insert(e.seq, client_msg_id.clone());
         }
     }
     assert_eq!(stored.keys().copied().collect::<Vec<_>>(), (2..=after).collect::<Vec<_>>(), "gap in the seq");

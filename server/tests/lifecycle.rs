@@ -112,24 +112,7 @@ async fn kill_9_loses_no_acknowledged_message() {
     let server = TestServer::start_in(temp.path(), &[]);
     let mut alice = server.connect("alice", Json).await;
     for &chat in &chats {
-        let mut events = Vec::new();
-        let mut after = 0;
-        loop {
-            match alice
-                .request(|req| ClientFrame::History { req, chat, before: None, after: Some(after), limit: Some(200) })
-                .await
-                .unwrap()
-            {
-                ServerFrame::History { events: page, more, .. } => {
-                    after = page.last().map(|e| e.seq).unwrap_or(after);
-                    events.extend(page);
-                    if !more {
-                        break;
-                    }
-                }
-                other => panic!("{other:?}"),
-            }
-        }
+        let events = alice.history_after(chat, 0).await.unwrap();
         // Gap-free from 1, every message whole.
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=events.len() as u64).collect::<Vec<_>>());
         let mut by_seq = BTreeMap::new();

@@ -3,8 +3,8 @@
 //! The hub knows which local connections belong to which user and which users (with a local
 //! connection) are members of which chat. It subscribes the edge's single bus inbox to a
 //! chat's subject while at least one member is connected here, and to a user's subject while
-//! that user is. Every event is decoded once, encoded once per encoding in use, and the same
-//! bytes are queued on every target connection's [`Outbox`].
+//! that user is. Every event is decoded once, encoded once per encoding in use
+//! ([`EncodedFrame`]), and the same bytes are queued on every target connection's [`Outbox`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -74,19 +74,27 @@ pub struct Hub {
     queue_limit: usize,
 }
 
-/// Encodes a frame at most once per encoding.
-struct Frames<'a> {
+/// A server frame encoded at most once per encoding, for fan-out.
+///
+/// It exists so that an event going to many local connections costs one encode per encoding in
+/// use (JSON, bincode), not one per connection: the first [`get`](Self::get) of an encoding
+/// encodes, and every later one returns a clone of the same [`Message`], whose payload is
+/// reference-counted, so every connection's [`Outbox`] shares the one buffer.
+pub struct EncodedFrame<'a> {
     frame: &'a ServerFrame,
     json: Option<Message>,
     bincode: Option<Message>,
 }
 
-impl<'a> Frames<'a> {
-    fn new(frame: &'a ServerFrame) -> Self {
-        Frames { frame, json: None, bincode: None }
+impl<'a> EncodedFrame<'a> {
+    /// Wraps `frame`; nothing is encoded until the first [`get`](Self::get).
+    pub fn new(frame: &'a ServerFrame) -> Self {
+        EncodedFrame { frame, json: None, bincode: None }
     }
 
-    fn get(&mut self, encoding: Encoding) -> Message {
+    /// The frame as a WebSocket message in `encoding` (text for JSON, binary for bincode),
+    /// encoding it on the first call for that encoding and sharing the bytes afterwards.
+    pub fn get(&mut self, encoding: Encoding) -> Message {
         match encoding {
             Encoding::Json => {
                 self.json.get_or_insert_with(|| Message::Text(encode_server_json(self.frame).into())).clone()
@@ -321,7 +329,7 @@ impl Hub {
         let Some(entry) = s.chats.get(&chat) else { return };
         let targets: Vec<Arc<str>> =
             entry.users.iter().filter(|u| !skip.iter().any(|s| s.as_str() == &***u)).cloned().collect();
-        let mut frames = Frames::new(&frame);
+        let mut frames = EncodedFrame::new(&frame);
         let mut overflowed = Vec::new();
         let mut queued = 0u64;
         let now = Instant::now();
@@ -358,7 +366,7 @@ impl Hub {
     fn deliver_to_user(&self, user: &Arc<str>, chat: ChatId, seq: u64, frame: &ServerFrame, ephemeral: bool) {
         let s = self.lock();
         let Some(u) = s.users.get(user) else { return };
-        let mut frames = Frames::new(frame);
+        let mut frames = EncodedFrame::new(frame);
         let mut queued = 0;
         for id in &u.conns {
             if let Some(c) = s.conns.get(id) {
@@ -374,7 +382,7 @@ impl Hub {
     fn deliver_to_chat(&self, chat: ChatId, frame: &ServerFrame, except: Option<&str>, ephemeral: bool) {
         let s = self.lock();
         let Some(entry) = s.chats.get(&chat) else { return };
-        let mut frames = Frames::new(frame);
+        let mut frames = EncodedFrame::new(frame);
         let mut dropped = 0u64;
         let mut queued = 0u64;
         let now = Instant::now();

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use tokio_tungstenite::tungstenite;
@@ -102,13 +103,27 @@ impl Client {
         token: &str,
         encoding: Encoding,
     ) -> Result<Client, ClientError> {
+        Self::open_on_with(stream, addr, token, encoding, None).await
+    }
+
+    /// Like [`Client::open_on`] with WebSocket buffer sizes of the caller's choosing (the load
+    /// generator holds thousands of clients per process and shrinks tungstenite's 128 KiB
+    /// default read buffer).
+    pub async fn open_on_with(
+        stream: TcpStream,
+        addr: &str,
+        token: &str,
+        encoding: Encoding,
+        config: Option<WebSocketConfig>,
+    ) -> Result<Client, ClientError> {
         let mut request = format!("ws://{addr}/?token={token}").into_client_request()?;
         let proto = match encoding {
             Encoding::Json => SUBPROTOCOL_JSON,
             Encoding::Bincode => SUBPROTOCOL_BINCODE,
         };
         request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(proto));
-        let (ws, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), config).await?;
         Ok(Client { ws, encoding, next_req: 1, stash: VecDeque::new(), closed: None })
     }
 

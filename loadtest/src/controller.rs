@@ -182,7 +182,8 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<Report> {
         tokio::spawn(async move {
             loop {
                 let msg = wire::read::<_, ToController>(&mut r).await;
-                let end = msg.is_err();
+                // `done` is a worker's last word: its hang-up after it is no news.
+                let end = matches!(msg, Err(_) | Ok(ToController::Done { .. }));
                 if tx.send((index, msg)).is_err() || end {
                     break;
                 }

@@ -267,6 +267,8 @@ async fn a_missed_slo_fails_the_run_with_exit_1() {
 
 /// A WebSocket proxy that forwards everything except every `nth` message event to clients:
 /// the kind of loss a broken fan-out would cause.
+// tungstenite's handshake callback returns its (large) error response type by value.
+#[allow(clippy::result_large_err)]
 async fn lossy_proxy(upstream: String, nth: u64) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

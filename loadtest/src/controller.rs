@@ -18,7 +18,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::check::{RangeSet, StreamReport, Verdict};
 use crate::plan::Plan;
-use crate::report::{self, Connections, Latencies, Report, ServerMemory, Slo, StormResult, Throughput};
+use crate::report::{self, Connections, Latencies, Report, ServerUsage, Slo, StormResult, Throughput};
 use crate::stats::{Tick, Totals};
 use crate::wire::{self, ToController, ToWorker, WorkerResult};
 use crate::worker::unix_ms;
@@ -199,7 +199,7 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<Report> {
         let start = ToWorker::Start { index: index as u32, workers, plan: Box::new(plan.clone()), epoch_unix_ms };
         wire::write(w, &start).await?;
     }
-    let rss_before = rss(&config.metrics).await;
+    let before = sample(&config.metrics).await;
     let mut board = Board::default();
     let ctx = Ctx { n, progress: config.progress, target: plan.target_rate() };
 
@@ -231,9 +231,11 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<Report> {
     let go_unix_ms = unix_ms() + GO_LEAD.as_millis() as u64;
     ws.broadcast(&ToWorker::Go { at_unix_ms: go_unix_ms }).await?;
     let go = Instant::now() + GO_LEAD;
+    tokio::time::sleep_until(go).await;
+    let at_go = sample(&config.metrics).await;
     let end = go + Duration::from_millis(plan.duration_ms);
     ctx.run_until(&mut ws, &mut board, end, "load").await?;
-    let rss_loaded = rss(&config.metrics).await;
+    let loaded = sample(&config.metrics).await;
     let drain_end = end + Duration::from_millis(plan.drain_ms);
     let end_second = (end - go).as_secs() + (go_unix_ms.saturating_sub(epoch_unix_ms)) / 1000;
     loop {
@@ -246,6 +248,7 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<Report> {
         ctx.run_until(&mut ws, &mut board, (Instant::now() + Duration::from_millis(250)).min(drain_end), "drain")
             .await?;
     }
+    let drained = (sample(&config.metrics).await, go.elapsed());
     ws.broadcast(&ToWorker::Finish).await?;
     let mut results: Vec<WorkerResult> = Vec::new();
     ctx.wait(&mut ws, &mut board, Instant::now() + PHASE_SLACK, "finish", |m| match m {
@@ -259,11 +262,19 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<Report> {
 
     let go_second = go_unix_ms.saturating_sub(epoch_unix_ms) / 1000;
     let mut report = build(plan, workers, epoch_unix_ms, &board, results, go_second, opened, failed, ramp_seconds);
-    if let (Some(before), Some(loaded)) = (rss_before, rss_loaded) {
-        report.server = Some(ServerMemory {
-            rss_before_bytes: before,
-            rss_loaded_bytes: loaded,
-            bytes_per_connection: loaded.saturating_sub(before) as f64 / opened.max(1) as f64,
+    if let (Some(before), Some(loaded)) = (before, loaded) {
+        let cpu = match (at_go, drained.0) {
+            (Some(a), Some(b)) if (b.cpu_seconds - a.cpu_seconds).is_finite() => Some(b.cpu_seconds - a.cpu_seconds),
+            _ => None,
+        };
+        let wall = drained.1.as_secs_f64();
+        report.server = Some(ServerUsage {
+            rss_before_bytes: before.rss_bytes,
+            rss_loaded_bytes: loaded.rss_bytes,
+            bytes_per_connection: loaded.rss_bytes.saturating_sub(before.rss_bytes) as f64 / opened.max(1) as f64,
+            cpu_seconds: cpu,
+            cpu_cores: cpu.map(|c| c / wall),
+            deliveries_per_cpu_second: cpu.filter(|c| *c > 0.0).map(|c| report.throughput.delivered as f64 / c),
         });
     }
     report.judge(&config.slo);
@@ -420,17 +431,27 @@ fn build(
     }
 }
 
-/// Sum of `process_resident_memory_bytes` over `admins`; `None` if any cannot be read.
-async fn rss(admins: &[String]) -> Option<u64> {
+/// What the nodes' `/metrics` say about their process.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    rss_bytes: u64,
+    cpu_seconds: f64,
+}
+
+/// The sum over `admins` of their process gauges; `None` if any cannot be read.
+async fn sample(admins: &[String]) -> Option<Sample> {
     if admins.is_empty() {
         return None;
     }
-    let mut sum = 0;
+    let mut sum = Sample::default();
     for a in admins {
-        match tokio::time::timeout(Duration::from_secs(5), scrape_rss(a)).await {
-            Ok(Ok(v)) => sum += v,
+        match tokio::time::timeout(Duration::from_secs(5), scrape(a)).await {
+            Ok(Ok(v)) => {
+                sum.rss_bytes += v.rss_bytes;
+                sum.cpu_seconds += v.cpu_seconds;
+            }
             Ok(Err(e)) => {
-                eprintln!("loadtest: cannot read the memory of {a}: {e:#}");
+                eprintln!("loadtest: cannot read the metrics of {a}: {e:#}");
                 return None;
             }
             Err(_) => {
@@ -442,15 +463,19 @@ async fn rss(admins: &[String]) -> Option<u64> {
     Some(sum)
 }
 
-async fn scrape_rss(admin: &str) -> anyhow::Result<u64> {
+async fn scrape(admin: &str) -> anyhow::Result<Sample> {
     let mut s = TcpStream::connect(admin).await.context("connect to the admin port")?;
     s.write_all(format!("GET /metrics HTTP/1.0\r\nhost: {admin}\r\nconnection: close\r\n\r\n").as_bytes()).await?;
     let mut body = Vec::new();
     s.take(MAX_METRICS_BYTES).read_to_end(&mut body).await?;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .context("no process_resident_memory_bytes in /metrics")
+    let body = String::from_utf8_lossy(&body);
+    let gauge = |name: &str| {
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Ok(Sample {
+        rss_bytes: gauge("process_resident_memory_bytes").context("no process_resident_memory_bytes in /metrics")?
+            as u64,
+        // Older nodes do not export it: CPU is then reported as unknown.
+        cpu_seconds: gauge("process_cpu_seconds_total").unwrap_or(f64::NAN),
+    })
 }

@@ -80,6 +80,11 @@ pub fn render(report: &Report) -> String {
             "<tr><th>server memory</th><td>{} → {} bytes RSS, {:.0} bytes per connection</td></tr>",
             s.rss_before_bytes, s.rss_loaded_bytes, s.bytes_per_connection
         );
+        if let (Some(cpu), Some(cores)) = (s.cpu_seconds, s.cpu_cores) {
+            let per =
+                s.deliveries_per_cpu_second.map(|d| format!(", {d:.0} deliveries per CPU second")).unwrap_or_default();
+            let _ = write!(h, "<tr><th>server CPU</th><td>{cpu:.1} s ({cores:.2} cores){per}</td></tr>");
+        }
     }
     if let Some(s) = &report.storm {
         let _ = write!(

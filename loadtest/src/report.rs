@@ -71,7 +71,7 @@ pub struct Report {
     pub correctness: Verdict,
     pub errors: BTreeMap<String, u64>,
     pub storm: Option<StormResult>,
-    pub server: Option<ServerMemory>,
+    pub server: Option<ServerUsage>,
     /// (percentile, deliver ms, ack ms) for the distribution plot.
     pub percentiles: Vec<[f64; 3]>,
     pub timeline: Vec<Second>,
@@ -127,12 +127,20 @@ pub struct StormResult {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServerMemory {
+pub struct ServerUsage {
     /// Sum over the scraped nodes of `process_resident_memory_bytes`.
     pub rss_before_bytes: u64,
     pub rss_loaded_bytes: u64,
     /// (loaded - before) / connections opened.
     pub bytes_per_connection: f64,
+    /// CPU the nodes used from the start of the load phase to the end of the drain (`None` if
+    /// they do not export `process_cpu_seconds_total`).
+    pub cpu_seconds: Option<f64>,
+    /// The same over the wall time: cores busy on average.
+    pub cpu_cores: Option<f64>,
+    /// Deliveries (to members other than the sender) per second of server CPU: what one core
+    /// would sustain at this load shape.
+    pub deliveries_per_cpu_second: Option<f64>,
 }
 
 /// Percentiles plotted in the distribution chart.

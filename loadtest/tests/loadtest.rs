@@ -64,7 +64,15 @@ async fn node() -> Node {
             .find_map(|l| l.strip_prefix("Rss:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0);
-        format!("process_resident_memory_bytes {}\n", kb * 1024)
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<f64> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        format!("process_resident_memory_bytes {}\nprocess_cpu_seconds_total {}\n", kb * 1024, (f[11] + f[12]) / 100.0)
     });
     let stop = CancellationToken::new();
     tokio::spawn(standalone::run(config, listener, admin, render, stop.clone()));
@@ -232,6 +240,7 @@ async fn idle_connections_report_the_servers_memory() {
     assert_eq!(u(r, "connections.opened"), 300);
     assert_eq!(u(r, "connections.peak"), 300);
     assert!(r["server"]["bytes_per_connection"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["server"]["cpu_seconds"].as_f64().unwrap() >= 0.0, "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

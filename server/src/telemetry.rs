@@ -31,6 +31,9 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Clock ticks per second of the CPU times in /proc (USER_HZ, fixed at 100 by the Linux ABI).
+const USER_HZ: f64 = 100.0;
+
 /// Samples process gauges (resident memory, open files) for the next render; Linux only,
 /// elsewhere they are left unset.
 pub fn sample_process() {
@@ -42,6 +45,17 @@ pub fn sample_process() {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
     {
         metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
+    }
+    // utime and stime (fields 14 and 15) are in USER_HZ ticks, 100 per second on Linux
+    // whatever the kernel's internal HZ; the comm field may contain spaces, so count from ')'.
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some((_, rest)) = stat.rsplit_once(')')
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+            metrics::gauge!("process_cpu_seconds_total").set((user + system) / USER_HZ);
+        }
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!("process_open_fds").set(dir.count() as f64);

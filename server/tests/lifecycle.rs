@@ -156,6 +156,9 @@ async fn health_and_metrics_endpoints() {
         "edge_delivery_seconds_bucket",
         "router_write_seconds_bucket",
         "store_group_commit_writes_bucket",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
     ] {
         assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
     }

@@ -18,7 +18,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::check::{RangeSet, StreamReport, Verdict};
 use crate::plan::Plan;
-use crate::report::{self, Connections, Latencies, Report, ServerUsage, Slo, StormResult, Throughput};
+use crate::report::{self, Connections, Generator, Latencies, Report, ServerUsage, Slo, StormResult, Throughput};
 use crate::stats::{Tick, Totals};
 use crate::wire::{self, ToController, ToWorker, WorkerResult};
 use crate::worker::unix_ms;
@@ -261,7 +261,26 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<Report> {
     .await?;
 
     let go_second = go_unix_ms.saturating_sub(epoch_unix_ms) / 1000;
-    let mut report = build(plan, workers, epoch_unix_ms, &board, results, go_second, opened, failed, ramp_seconds);
+    let mut report = build(
+        plan,
+        workers,
+        epoch_unix_ms,
+        &board,
+        results,
+        go_second,
+        opened,
+        failed,
+        ramp_seconds,
+        drained.1.as_secs_f64(),
+    );
+    if let Some(cores) = report.generator.cpu_cores
+        && cores > 0.8 * report.generator.machine_cores as f64
+    {
+        eprintln!(
+            "loadtest: the generator kept {cores:.1} of {} cores busy: it may be what limits this run",
+            report.generator.machine_cores
+        );
+    }
     if let (Some(before), Some(loaded)) = (before, loaded) {
         let cpu = match (at_go, drained.0) {
             (Some(a), Some(b)) if (b.cpu_seconds - a.cpu_seconds).is_finite() => Some(b.cpu_seconds - a.cpu_seconds),
@@ -360,10 +379,12 @@ fn build(
     opened: u64,
     failed: u64,
     ramp_seconds: f64,
+    load_seconds: f64,
 ) -> Report {
     let mut acked: BTreeMap<u64, RangeSet> = BTreeMap::new();
     let mut streams: Vec<StreamReport> = Vec::new();
     let (mut unsent, mut reconnects, mut dropped, mut resumed) = (0, 0, 0, 0);
+    let mut generator_cpu: Option<f64> = Some(0.0);
     let mut all_resumed_ms: Option<u64> = None;
     for r in results {
         for (chat, set) in r.acked {
@@ -372,6 +393,7 @@ fn build(
         streams.extend(r.streams);
         unsent += r.unsent;
         reconnects += r.reconnects;
+        generator_cpu = generator_cpu.zip(r.cpu_seconds).map(|(a, b)| a + b);
         dropped += r.storm_dropped;
         resumed += r.storm_resumed;
         if let Some(ms) = r.storm_all_resumed_ms {
@@ -424,6 +446,11 @@ fn build(
             all_resumed_seconds: all_resumed_ms.map(|ms| ms as f64 / 1000.0),
         }),
         server: None,
+        generator: Generator {
+            cpu_seconds: generator_cpu,
+            cpu_cores: generator_cpu.map(|c| c / load_seconds.max(0.001)),
+            machine_cores: std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1),
+        },
         percentiles: report::percentiles(t),
         timeline,
         checks: Vec::new(),

@@ -86,6 +86,13 @@ pub fn render(report: &Report) -> String {
             let _ = write!(h, "<tr><th>server CPU</th><td>{cpu:.1} s ({cores:.2} cores){per}</td></tr>");
         }
     }
+    if let (Some(cpu), Some(cores)) = (report.generator.cpu_seconds, report.generator.cpu_cores) {
+        let _ = write!(
+            h,
+            "<tr><th>generator CPU</th><td>{cpu:.1} s ({cores:.2} of {} cores)</td></tr>",
+            report.generator.machine_cores
+        );
+    }
     if let Some(s) = &report.storm {
         let _ = write!(
             h,

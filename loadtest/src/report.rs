@@ -72,6 +72,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     pub storm: Option<StormResult>,
     pub server: Option<ServerUsage>,
+    /// The load generator's own CPU over the load phase and drain (all workers).
+    pub generator: Generator,
     /// (percentile, deliver ms, ack ms) for the distribution plot.
     pub percentiles: Vec<[f64; 3]>,
     pub timeline: Vec<Second>,
@@ -141,6 +143,16 @@ pub struct ServerUsage {
     /// Deliveries (to members other than the sender) per second of server CPU: what one core
     /// would sustain at this load shape.
     pub deliveries_per_cpu_second: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Generator {
+    pub cpu_seconds: Option<f64>,
+    /// Cores busy on average; near the machine's core count, the generator may be what
+    /// limits the run rather than the server.
+    pub cpu_cores: Option<f64>,
+    /// Cores of the controller's machine.
+    pub machine_cores: u64,
 }
 
 /// Percentiles plotted in the distribution chart.

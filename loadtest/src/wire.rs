@@ -61,6 +61,8 @@ pub struct WorkerResult {
     /// connection was gone).
     pub unsent: u64,
     pub reconnects: u64,
+    /// CPU this worker used from the start of the load phase to `finish`.
+    pub cpu_seconds: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -89,6 +89,16 @@ impl Shared {
     }
 }
 
+/// This process's user + system CPU time (Linux `/proc/self/stat`, in USER_HZ = 100 ticks
+/// per second); `None` elsewhere.
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
 pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -223,11 +233,15 @@ async fn drive(
         ToWorker::Go { at_unix_ms } => at_unix_ms,
         other => bail!("expected go, got {other:?}"),
     };
-    let _ = phase_tx.send(Phase::Go { at: shared.instant_of_unix_ms(at_unix_ms) });
+    let go = shared.instant_of_unix_ms(at_unix_ms);
+    let _ = phase_tx.send(Phase::Go { at: go });
+    tokio::time::sleep_until(go).await;
+    let cpu_at_go = cpu_seconds();
     expect(r, "finish").await?;
+    let cpu = cpu_seconds().zip(cpu_at_go).map(|(end, start)| end - start);
     let _ = phase_tx.send(Phase::Finish);
 
-    let mut result = WorkerResult::default();
+    let mut result = WorkerResult { cpu_seconds: cpu, ..WorkerResult::default() };
     let mut acked_by_chat: std::collections::BTreeMap<u64, RangeSet> = Default::default();
     for t in tasks {
         let o = t.await.context("connection task")?;
@@ -312,7 +326,9 @@ fn source_addr(shared: &Shared, index: u64, edge: &SocketAddr) -> Option<SocketA
     if shared.plan.source_ips == 0 || !edge.ip().is_loopback() || !edge.is_ipv4() {
         return None;
     }
-    let k = index % u64::from(shared.plan.source_ips);
+    // Hashed, not `index % n`: a worker's connection indices share a residue modulo the
+    // worker count, which would put them all on one address (and exhaust its bind ports).
+    let k = scatter(index) % u64::from(shared.plan.source_ips);
     let ip = Ipv4Addr::new(127, 1 + (shared.worker % 250) as u8, (k / 250) as u8, 1 + (k % 250) as u8);
     Some(SocketAddr::new(IpAddr::V4(ip), 0))
 }
@@ -748,14 +764,31 @@ impl Conn {
     }
 }
 
+/// A fixed pseudo-random spread of connection indices (Fibonacci hashing), so that choices
+/// by `scatter(i) % n` do not follow the round-robin structure of the indices.
+fn scatter(index: u64) -> u64 {
+    index.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+}
+
 /// Whether the storm drops connection `index` (a fixed hash, so reruns drop the same ones).
 fn stormed(index: u64, percent: u8) -> bool {
-    (index.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 100 < u64::from(percent)
+    scatter(index) % 100 < u64::from(percent)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_addresses_spread_every_workers_connections() {
+        // Worker 2 of 8 holds the connections whose index is 2 modulo 8.
+        let mut per_ip = std::collections::HashMap::new();
+        for index in (2..160_000u64).step_by(8) {
+            *per_ip.entry(scatter(index) % 8).or_insert(0) += 1;
+        }
+        assert_eq!(per_ip.len(), 8);
+        assert!(per_ip.values().all(|n| (2_000..3_000).contains(n)), "{per_ip:?}");
+    }
 
     #[test]
     fn the_storm_drops_about_the_asked_share() {

@@ -381,3 +381,52 @@ async fn usage_and_run_errors_have_their_exit_codes() {
     assert_eq!(down.code, 2, "{}", down.stderr);
     assert!(down.stderr.contains("no connection opened"), "{}", down.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_by_hand_joins_a_controller() {
+    // The path a second machine takes: the controller waits on a known address and a worker
+    // started separately (`loadtest worker --controller ...`) joins it.
+    let n = node().await;
+    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = [
+        "--edges",
+        &n.ws,
+        "--workers",
+        "1",
+        "--remote-workers",
+        "1",
+        "--listen",
+        &listen,
+        "--duration",
+        "2s",
+        "direct",
+        "--pairs",
+        "10",
+        "--rate",
+        "40",
+    ];
+    let controller = loadtest(&args);
+    let worker = async {
+        // Retry until the controller listens.
+        for _ in 0..100 {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+                .args(["worker", "--controller", &listen])
+                .env("MESSENGER_JWT_SECRET", SECRET)
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap();
+            if out.status.success() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the worker never joined");
+    };
+    let (o, ()) = tokio::join!(controller, worker);
+    assert_clean(&o);
+    assert_eq!(o.report["workers"], 2);
+    assert_eq!(u(&o.report, "throughput.acked"), 80);
+    assert_eq!(u(&o.report, "throughput.delivered"), 80);
+}

@@ -105,6 +105,9 @@ pub struct Throughput {
     pub acked: u64,
     /// Deliveries to members other than the sender.
     pub delivered: u64,
+    /// From the start of the load phase to the last second with a delivery (at least the
+    /// duration): the window `deliveries_per_second` is counted over.
+    pub delivery_seconds: f64,
     pub deliveries_per_second: f64,
     pub peak_deliveries_per_second: u64,
 }

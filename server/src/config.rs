@@ -40,6 +40,10 @@ pub enum Command {
     Token(TokenArgs),
 }
 
+/// Default `--listen-backlog`: room for a few thousand clients reconnecting at once (tokio's
+/// own default is 1,024).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 8192;
+
 #[derive(Debug, Args)]
 pub struct EdgeNodeArgs {
     #[command(flatten)]
@@ -58,6 +62,11 @@ pub struct ClientFacingArgs {
     /// Admin HTTP listen address (/metrics, /healthz, /readyz).
     #[arg(long, env = "MESSENGER_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
     pub admin_listen: SocketAddr,
+    /// Pending-connection queue of the WebSocket listener: a reconnect storm larger than it
+    /// has SYNs dropped and retried a second later. The kernel caps it at net.core.somaxconn.
+    #[arg(long, env = "MESSENGER_LISTEN_BACKLOG", default_value_t = DEFAULT_LISTEN_BACKLOG,
+          value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub listen_backlog: u32,
     /// Data directory: the embedded store (standalone) and the development secret.
     #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,

@@ -14,7 +14,7 @@ use server::cluster::{self, EdgeNodeConfig, RouterNodeConfig};
 use server::config::{AuthArgs, Cli, Command, EXIT_CONFIG, StandaloneArgs};
 use server::standalone::{self, StandaloneConfig};
 use server::{telemetry, token};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -41,8 +41,9 @@ fn main() -> ExitCode {
                 Err(err) => return config_error(err),
             };
             let (listen, admin, data_dir) = (args.node.listen, args.node.admin_listen, args.node.data_dir.clone());
+            let backlog = args.node.listen_backlog;
             serve(&cli.log, compact, move |render, shutdown| async move {
-                let listener = bind(listen).await?;
+                let listener = bind_clients(listen, backlog)?;
                 let admin = bind(admin).await?;
                 announce(&listener, &admin)?;
                 println!(
@@ -58,9 +59,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(err) => return config_error(err),
             };
-            let (listen, admin) = (args.node.listen, args.node.admin_listen);
+            let (listen, admin, backlog) = (args.node.listen, args.node.admin_listen, args.node.listen_backlog);
             serve(&cli.log, compact, move |render, shutdown| async move {
-                let listener = bind(listen).await?;
+                let listener = bind_clients(listen, backlog)?;
                 let admin = bind(admin).await?;
                 announce(&listener, &admin)?;
                 cluster::run_edge(config, listener, admin, render, shutdown).await
@@ -88,6 +89,15 @@ fn config_error(err: anyhow::Error) -> ExitCode {
 
 async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))
+}
+
+/// The client listener, with an explicit accept backlog (see `--listen-backlog`).
+fn bind_clients(addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.context("socket")?;
+    // As TcpListener::bind does: a restarted node rebinds while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr).with_context(|| format!("bind {addr}"))?;
+    socket.listen(backlog).with_context(|| format!("listen on {addr}"))
 }
 
 /// Fixtures and humans read this line; keep its shape.

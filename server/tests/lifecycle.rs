@@ -171,6 +171,8 @@ fn bad_configuration_exits_64() {
         vec!["standalone", "--no-such-flag"],
         vec!["standalone", "--idle-timeout", "forever"],
         vec!["standalone", "--jwt-secret", "short"],
+        vec!["standalone", "--listen-backlog", "0"],
+        vec!["edge", "--listen-backlog", "70000"],
         vec!["frobnicate"],
     ] {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_messenger"))

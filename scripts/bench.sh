@@ -7,8 +7,9 @@
 #   scripts/bench.sh standalone direct-10k   # one scenario
 #   scripts/bench.sh cluster                 # NATS + Cassandra + 2 routers + 2 edges
 #   DURATION=60s scripts/bench.sh            # longer load phases (default 20s)
+#   EDGES=8 scripts/bench.sh cluster idle-max # most idle connections: 18,000 per edge process
 #
-# Scenarios: idle, direct-1k, direct-5k, direct-10k, group, broadcast (1→10,000 at 10 posts/s),
+# Scenarios: idle, idle-max (18,000 per edge), direct-1k, direct-5k, direct-10k, group, broadcast (1→10,000 at 10 posts/s),
 # broadcast-200k (20 posts/s), broadcast-1m (100 posts/s), reconnect-storm, mix, and direct-250
 # (not in the default list: a rate a one-node Cassandra cluster keeps up with). A scenario that misses its SLO is reported, not fatal: the run goes on
 # and the summary says FAILED.
@@ -19,6 +20,7 @@ shift || true
 SCENARIOS=("$@")
 [[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(idle direct-1k direct-5k direct-10k group broadcast broadcast-200k broadcast-1m reconnect-storm mix)
 DURATION=${DURATION:-20s}
+EDGE_COUNT=${EDGES:-2}
 export MESSENGER_JWT_SECRET=${MESSENGER_JWT_SECRET:-bench-secret-bench-secret-bench-secret}
 OUT=results/$TOPOLOGY-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
@@ -46,6 +48,7 @@ standalone)
     PIDS+=($!)
     EDGES=127.0.0.1:18080
     METRICS=127.0.0.1:18090
+    EDGE_COUNT=1
     ;;
 cluster)
     NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
@@ -60,13 +63,15 @@ cluster)
         PIDS+=($!)
         sleep 2
     done
-    for i in 1 2; do
-        "$BIN" edge --listen "127.0.0.1:1808$i" --admin-listen "127.0.0.1:1809$i" --nats nats://127.0.0.1:14222 \
-            "${LIMITS[@]}" >"$OUT/edge$i.log" 2>&1 &
+    EDGES=
+    METRICS=
+    for i in $(seq "$EDGE_COUNT"); do
+        "$BIN" edge --listen "127.0.0.1:$((18100 + i))" --admin-listen "127.0.0.1:$((18200 + i))" \
+            --nats nats://127.0.0.1:14222 "${LIMITS[@]}" >"$OUT/edge$i.log" 2>&1 &
         PIDS+=($!)
+        EDGES+=${EDGES:+,}127.0.0.1:$((18100 + i))
+        METRICS+=${METRICS:+,}127.0.0.1:$((18200 + i))
     done
-    EDGES=127.0.0.1:18081,127.0.0.1:18082
-    METRICS=127.0.0.1:18091,127.0.0.1:18092
     ;;
 *)
     echo "usage: scripts/bench.sh [standalone|cluster] [scenario...]" >&2
@@ -90,6 +95,8 @@ run() { # name, loadtest arguments...
 for s in "${SCENARIOS[@]}"; do
     case $s in
     idle) run idle --connect-rate 5000 idle --connections 18000 ;;
+    # As many as the edges hold within their 20,000-file limit (one edge in standalone).
+    idle-max) run idle-max --connect-rate 3000 --duration 30s idle --connections $((18000 * EDGE_COUNT)) ;;
     direct-1k) run direct-1k direct --pairs 500 --rate 1000 --slo-p99-ms 5 ;;
     direct-5k) run direct-5k direct --pairs 1000 --rate 5000 --slo-p99-ms 5 ;;
     direct-10k) run direct-10k direct --pairs 2000 --rate 10000 --slo-p99-ms 5 ;;

@@ -416,7 +416,9 @@ fn build(
     // Deliveries that trail into the drain stretch the window they are counted over, so a
     // server that falls behind is not credited with the offered rate.
     let last_delivery = timeline.iter().filter(|s| s.delivered > 0).map(|s| s.t).max().unwrap_or(0);
-    let delivery_seconds = duration.max(last_delivery as f64);
+    // Second t of the timeline ends t seconds after the start (the first one is partial),
+    // so deliveries through second t took at most t - 1 whole seconds past the first.
+    let delivery_seconds = duration.max(last_delivery as f64 - 1.0);
     Report {
         tool: format!("loadtest {}", env!("CARGO_PKG_VERSION")),
         scenario: plan.scenario.clone(),

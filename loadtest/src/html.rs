@@ -229,12 +229,16 @@ fn chart(x_label: &str, y_label: &str, series: &[Series<'_>], x_ticks: Option<&[
         let v = 10f64.powi(e);
         let y = py(v);
         let _ = write!(s, "<line x1=\"{l}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>", WIDTH - r);
-        let _ = write!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", l - 4.0, y + 4.0, num(v));
+        let label = if v >= 1.0 { format!("{v:.0}") } else { format!("{v}") };
+        let _ = write!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>", l - 4.0, y + 4.0);
         e += 1;
     }
     let ticks: Vec<(f64, String)> = match x_ticks {
         Some(t) => t.iter().map(|(x, label)| (*x, (*label).to_owned())).collect(),
-        None => (0..=6).map(|i| x0 + (x1 - x0) * f64::from(i) / 6.0).map(|x| (x, format!("{x:.0}"))).collect(),
+        None => (0..=6)
+            .map(|i| x0 + (x1 - x0) * f64::from(i) / 6.0)
+            .map(|x| (x, format!("{:.0}", x.round() + 0.0)))
+            .collect(),
     };
     for (x, label) in ticks {
         let _ = write!(

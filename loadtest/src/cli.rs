@@ -254,6 +254,9 @@ impl Cli {
             return Err("--min-rate-ratio must be between 0 and 1".into());
         }
         let workers = c.workers.unwrap_or_else(|| plan.min_workers().saturating_sub(c.remote_workers).max(1));
+        if workers + c.remote_workers == 0 {
+            return Err("no workers: give --workers or --remote-workers".into());
+        }
         if workers + c.remote_workers < plan.min_workers() {
             return Err(format!(
                 "{} connections need at least {} workers (at most {} connections each)",
@@ -369,5 +372,7 @@ mod tests {
         assert!(cli.into_run().err().unwrap().contains("--allow-remote"));
         let cli = Cli::try_parse_from(["loadtest", "--secret", "s", "idle", "--connections", "5"]).unwrap();
         assert!(matches!(cli.into_run(), Ok(Run::Controller { .. })));
+        let cli = Cli::try_parse_from(["loadtest", "--secret", "s", "--workers", "0", "idle"]).unwrap();
+        assert!(cli.into_run().err().unwrap().contains("no workers"));
     }
 }

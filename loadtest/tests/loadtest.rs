@@ -86,6 +86,11 @@ struct Outcome {
     out: tempfile::TempDir,
 }
 
+/// [`loadtest`] with the arguments in one whitespace-separated line.
+async fn loadtest_line(line: &str) -> Outcome {
+    loadtest(&line.split_whitespace().collect::<Vec<_>>()).await
+}
+
 /// Runs the loadtest binary with `args` (plus secret, output dir and --quiet).
 async fn loadtest(args: &[&str]) -> Outcome {
     let out = tempfile::tempdir().unwrap();
@@ -130,21 +135,10 @@ fn assert_clean(o: &Outcome) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_chats_survive_a_reconnect_storm_across_two_workers() {
     let n = node().await;
-    let o = loadtest(&[
-        "--edges",
-        &n.ws,
-        "--workers",
-        "2",
-        "--duration",
-        "3s",
-        "reconnect-storm",
-        "--pairs",
-        "40",
-        "--rate",
-        "200",
-        "--percent",
-        "50",
-    ])
+    let o = loadtest_line(&format!(
+        "--edges {} --workers 2 --duration 3s reconnect-storm --pairs 40 --rate 200 --percent 50",
+        n.ws
+    ))
     .await;
     assert_clean(&o);
     let r = &o.report;
@@ -163,20 +157,8 @@ async fn direct_chats_survive_a_reconnect_storm_across_two_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broadcast_reaches_every_subscriber_on_every_worker() {
     let n = node().await;
-    let o = loadtest(&[
-        "--edges",
-        &n.ws,
-        "--workers",
-        "3",
-        "--duration",
-        "2s",
-        "broadcast",
-        "--subscribers",
-        "300",
-        "--rate",
-        "10",
-    ])
-    .await;
+    let o = loadtest_line(&format!("--edges {} --workers 3 --duration 2s broadcast --subscribers 300 --rate 10", n.ws))
+        .await;
     assert_clean(&o);
     let r = &o.report;
     assert_eq!(u(r, "throughput.acked"), 20);
@@ -188,41 +170,17 @@ async fn a_broadcast_reaches_every_subscriber_on_every_worker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_and_the_mix_pass_with_exact_counts() {
     let n = node().await;
-    let o = loadtest(&[
-        "--edges",
-        &n.ws,
-        "--encoding",
-        "json",
-        "--duration",
-        "2s",
-        "group",
-        "--groups",
-        "5",
-        "--size",
-        "6",
-        "--rate",
-        "60",
-    ])
-    .await;
+    let o =
+        loadtest_line(&format!("--edges {} --encoding json --duration 2s group --groups 5 --size 6 --rate 60", n.ws))
+            .await;
     assert_clean(&o);
     assert_eq!(u(&o.report, "throughput.acked"), 120);
     assert_eq!(u(&o.report, "throughput.delivered"), 120 * 5);
 
-    let o = loadtest(&[
-        "--edges",
-        &n.ws,
-        "--workers",
-        "2",
-        "--duration",
-        "2s",
-        "mix",
-        "--connections",
-        "300",
-        "--rate",
-        "100",
-        "--broadcast-rate",
-        "5",
-    ])
+    let o = loadtest_line(&format!(
+        "--edges {} --workers 2 --duration 2s mix --connections 300 --rate 100 --broadcast-rate 5",
+        n.ws
+    ))
     .await;
     assert_clean(&o);
     let w = &o.report["plan"]["workload"];
@@ -234,7 +192,7 @@ async fn groups_and_the_mix_pass_with_exact_counts() {
 async fn idle_connections_report_the_servers_memory() {
     let n = node().await;
     let o =
-        loadtest(&["--edges", &n.ws, "--metrics", &n.admin, "--duration", "1s", "idle", "--connections", "300"]).await;
+        loadtest_line(&format!("--edges {} --metrics {} --duration 1s idle --connections 300", n.ws, n.admin)).await;
     assert_clean(&o);
     let r = &o.report;
     assert_eq!(u(r, "connections.opened"), 300);
@@ -246,20 +204,8 @@ async fn idle_connections_report_the_servers_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_slo_fails_the_run_with_exit_1() {
     let n = node().await;
-    let o = loadtest(&[
-        "--edges",
-        &n.ws,
-        "--duration",
-        "1s",
-        "--slo-p99-ms",
-        "0.001",
-        "direct",
-        "--pairs",
-        "5",
-        "--rate",
-        "50",
-    ])
-    .await;
+    let o =
+        loadtest_line(&format!("--edges {} --duration 1s --slo-p99-ms 0.001 direct --pairs 5 --rate 50", n.ws)).await;
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert_eq!(o.report["passed"], false);
     assert_eq!(o.report["correctness"]["passed"], true);
@@ -337,22 +283,8 @@ async fn lossy_proxy(upstream: String, nth: u64) -> String {
 async fn lost_deliveries_are_caught_and_fail_the_run() {
     let n = node().await;
     let proxy = lossy_proxy(n.ws.clone(), 7).await;
-    let o = loadtest(&[
-        "--edges",
-        &proxy,
-        "--duration",
-        "2s",
-        "--drain",
-        "2s",
-        "group",
-        "--groups",
-        "2",
-        "--size",
-        "4",
-        "--rate",
-        "40",
-    ])
-    .await;
+    let o =
+        loadtest_line(&format!("--edges {} --duration 2s --drain 2s group --groups 2 --size 4 --rate 40", proxy)).await;
     assert_eq!(o.code, 1, "{}\n{}", o.stderr, o.report);
     let c = &o.report["correctness"];
     assert_eq!(c["passed"], false);
@@ -366,18 +298,18 @@ async fn lost_deliveries_are_caught_and_fail_the_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_and_run_errors_have_their_exit_codes() {
-    let bad = loadtest(&["direct", "--pairs", "many"]).await;
+    let bad = loadtest_line("direct --pairs many").await;
     assert_eq!(bad.code, 64, "{}", bad.stderr);
-    let remote = loadtest(&["--edges", "192.0.2.1:80", "direct"]).await;
+    let remote = loadtest_line("--edges 192.0.2.1:80 direct").await;
     assert_eq!(remote.code, 64, "{}", remote.stderr);
     assert!(remote.stderr.contains("--allow-remote"));
-    let too_many = loadtest(&["--workers", "1", "idle", "--connections", "40000"]).await;
+    let too_many = loadtest_line("--workers 1 idle --connections 40000").await;
     assert_eq!(too_many.code, 64, "{}", too_many.stderr);
     // Nothing listens on the port: the run cannot happen (exit 2), it does not hang.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let down = loadtest(&["--edges", &port, "--duration", "1s", "direct", "--pairs", "2", "--rate", "2"]).await;
+    let down = loadtest_line(&format!("--edges {} --duration 1s direct --pairs 2 --rate 2", port)).await;
     assert_eq!(down.code, 2, "{}", down.stderr);
     assert!(down.stderr.contains("no connection opened"), "{}", down.stderr);
 }
@@ -389,24 +321,11 @@ async fn a_worker_started_by_hand_joins_a_controller() {
     let n = node().await;
     let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let args = [
-        "--edges",
-        &n.ws,
-        "--workers",
-        "1",
-        "--remote-workers",
-        "1",
-        "--listen",
-        &listen,
-        "--duration",
-        "2s",
-        "direct",
-        "--pairs",
-        "10",
-        "--rate",
-        "40",
-    ];
-    let controller = loadtest(&args);
+    let args = format!(
+        "--edges {} --workers 1 --remote-workers 1 --listen {listen} --duration 2s direct --pairs 10 --rate 40",
+        n.ws
+    );
+    let controller = loadtest_line(&args);
     let worker = async {
         // Retry until the controller listens.
         for _ in 0..100 {

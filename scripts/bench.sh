@@ -96,7 +96,7 @@ for s in "${SCENARIOS[@]}"; do
     case $s in
     idle) run idle --connect-rate 5000 idle --connections 18000 ;;
     # As many as the edges hold within their 20,000-file limit (one edge in standalone).
-    idle-max) run idle-max --connect-rate 3000 --duration 30s idle --connections $((18000 * EDGE_COUNT)) ;;
+    idle-max) run idle-max --connect-rate 2000 idle --connections $((18000 * EDGE_COUNT)) ;;
     direct-1k) run direct-1k direct --pairs 500 --rate 1000 --slo-p99-ms 5 ;;
     direct-5k) run direct-5k direct --pairs 1000 --rate 5000 --slo-p99-ms 5 ;;
     direct-10k) run direct-10k direct --pairs 2000 --rate 10000 --slo-p99-ms 5 ;;

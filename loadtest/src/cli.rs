@@ -106,6 +106,10 @@ pub struct Common {
     /// New connections per second, all workers together.
     #[arg(long, global = true, default_value_t = 2000)]
     pub connect_rate: u32,
+    /// Further attempts (with backoff, to the next edge) when a connection's first connect
+    /// fails; each is counted as `connect_retried`. 0: a failed connect stays failed.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub connect_retries: u32,
     /// Length of the load phase (e.g. 30s, 5m).
     #[arg(long, global = true, default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -232,6 +236,7 @@ impl Cli {
             edges: c.edges,
             encoding: c.encoding,
             connect_rate: c.connect_rate,
+            connect_retries: c.connect_retries,
             duration_ms: c.duration.as_millis() as u64,
             drain_ms: c.drain.as_millis() as u64,
             message_bytes: c.message_bytes,

@@ -213,7 +213,10 @@ pub async fn run(config: ControllerConfig) -> anyhow::Result<Report> {
     let ramp_started = Instant::now();
     let ramp = Duration::from_secs_f64(plan.connections() as f64 / f64::from(plan.connect_rate));
     let (mut opened, mut failed) = (0, 0);
-    ctx.wait(&mut ws, &mut board, Instant::now() + ramp + PHASE_SLACK, "connect", |m| match m {
+    // A connection may retry its first connect: each attempt can take the connect timeout
+    // and the longest backoff.
+    let retries = (crate::worker::CONNECT_TIMEOUT + crate::worker::RECONNECT_BACKOFF.1) * plan.connect_retries;
+    ctx.wait(&mut ws, &mut board, Instant::now() + ramp + PHASE_SLACK + retries, "connect", |m| match m {
         ToController::Connected { ok, failed: f } => {
             opened += *ok;
             failed += *f;

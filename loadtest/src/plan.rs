@@ -18,6 +18,8 @@ pub const MAX_CONNECTIONS_PER_WORKER: u64 = 18_000;
 pub const MAX_GROUP_SIZE: u32 = protocol::limits::MAX_USERS_PER_REQUEST as u32 + 1;
 /// Longest run a plan may ask for (a run always stops by itself).
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Most retries of a first connect.
+pub const MAX_CONNECT_RETRIES: u32 = 20;
 /// Smallest message body: room for the timestamp the receivers read.
 pub const MIN_MESSAGE_BYTES: usize = 24;
 
@@ -35,6 +37,9 @@ pub struct Plan {
     pub encoding: String,
     /// New connections per second, all workers together.
     pub connect_rate: u32,
+    /// Further attempts for a connection whose first connect fails (a real client retries;
+    /// 0 measures how many a ramp loses).
+    pub connect_retries: u32,
     /// Load phase length.
     pub duration_ms: u64,
     /// Longest wait after the load phase for in-flight acks and deliveries.
@@ -127,6 +132,9 @@ impl Plan {
         }
         if self.connect_rate == 0 {
             return err("connect rate must be positive");
+        }
+        if self.connect_retries > MAX_CONNECT_RETRIES {
+            return err("connect retries must be at most 20");
         }
         if self.duration_ms == 0 || Duration::from_millis(self.duration_ms) > MAX_DURATION {
             return err("duration must be between 1 ms and 24 h");
@@ -272,6 +280,7 @@ mod tests {
             edges: vec!["127.0.0.1:1".into()],
             encoding: "bincode".into(),
             connect_rate: 1000,
+            connect_retries: 0,
             duration_ms: 1000,
             drain_ms: 1000,
             message_bytes: 100,

@@ -424,7 +424,21 @@ impl Conn {
 
     async fn run(mut self, at: Instant) -> Outcome {
         tokio::time::sleep_until(at).await;
-        match connect(&self.shared, self.spec.index, 0, Vec::new()).await {
+        let mut attempt = 0;
+        let mut backoff = RECONNECT_BACKOFF.0;
+        let first = loop {
+            match connect(&self.shared, self.spec.index, attempt, Vec::new()).await {
+                Err(_) if attempt < u64::from(self.shared.plan.connect_retries) => {
+                    self.shared.recorder.error(self.slot, "connect_retried");
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+                }
+                result => break result,
+            }
+        };
+        self.attempts = attempt;
+        match first {
             Ok((c, frames, heartbeat)) => {
                 self.client = Some(c);
                 self.heartbeat = heartbeat;

@@ -349,3 +349,40 @@ async fn a_worker_started_by_hand_joins_a_controller() {
     assert_eq!(u(&o.report, "throughput.acked"), 80);
     assert_eq!(u(&o.report, "throughput.delivered"), 80);
 }
+
+/// A TCP proxy that closes the first `refuse` connections at once and pipes the rest.
+async fn refusing_proxy(upstream: String, refuse: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while let Ok((mut down, _)) = listener.accept().await {
+            seen += 1;
+            if seen <= refuse {
+                continue; // dropped: the client sees the connection closed during the upgrade
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_connects_are_retried_when_asked() {
+    let n = node().await;
+    let proxy = refusing_proxy(n.ws.clone(), 5).await;
+    let without = loadtest_line(&format!("--edges {proxy} --duration 1s idle --connections 20")).await;
+    assert_eq!(without.code, 1, "{}", without.stderr);
+    assert_eq!(u(&without.report, "connections.failed"), 5);
+
+    let proxy = refusing_proxy(n.ws.clone(), 5).await;
+    let with = loadtest_line(&format!("--edges {proxy} --connect-retries 3 --duration 1s idle --connections 20")).await;
+    assert_clean(&with);
+    assert_eq!(u(&with.report, "connections.opened"), 20);
+    assert_eq!(u(&with.report, "errors.connect_retried"), 5);
+}

@@ -58,21 +58,9 @@ async fn node() -> Node {
     let (ws, admin_addr) = (listener.local_addr().unwrap().to_string(), admin.local_addr().unwrap().to_string());
     // The node shares this test process: its memory is ours.
     let render: edge::admin::Render = Arc::new(|| {
-        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-        let kb: u64 = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Rss:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        let f: Vec<f64> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .unwrap_or("")
-            .split_whitespace()
-            .map(|v| v.parse().unwrap_or(0.0))
-            .collect();
-        format!("process_resident_memory_bytes {}\nprocess_cpu_seconds_total {}\n", kb * 1024, (f[11] + f[12]) / 100.0)
+        let rss = server::telemetry::resident_bytes().unwrap_or(0.0);
+        let cpu = server::telemetry::cpu_seconds().unwrap_or(0.0);
+        format!("process_resident_memory_bytes {rss}\nprocess_cpu_seconds_total {cpu}\n")
     });
     let stop = CancellationToken::new();
     tokio::spawn(standalone::run(config, listener, admin, render, stop.clone()));

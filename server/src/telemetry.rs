@@ -34,32 +34,37 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 /// Clock ticks per second of the CPU times in /proc (USER_HZ, fixed at 100 by the Linux ABI).
 const USER_HZ: f64 = 100.0;
 
-/// Samples process gauges (resident memory, open files) for the next render; Linux only,
-/// elsewhere they are left unset.
+/// Samples process gauges (resident memory, CPU, open files) for the next render; Linux
+/// only, elsewhere they are left unset.
 pub fn sample_process() {
-    // smaps_rollup reports kB whatever the page size (4 KiB, 16 KiB, 64 KiB kernels alike).
-    if let Ok(rollup) = std::fs::read_to_string("/proc/self/smaps_rollup")
-        && let Some(kb) = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Rss:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-    {
-        metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
+    if let Some(bytes) = resident_bytes() {
+        metrics::gauge!("process_resident_memory_bytes").set(bytes);
     }
-    // utime and stime (fields 14 and 15) are in USER_HZ ticks, 100 per second on Linux
-    // whatever the kernel's internal HZ; the comm field may contain spaces, so count from ')'.
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-        && let Some((_, rest)) = stat.rsplit_once(')')
-    {
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
-        if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
-            metrics::gauge!("process_cpu_seconds_total").set((user + system) / USER_HZ);
-        }
+    if let Some(seconds) = cpu_seconds() {
+        metrics::gauge!("process_cpu_seconds_total").set(seconds);
     }
     if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
         metrics::gauge!("process_open_fds").set(dir.count() as f64);
     }
+}
+
+/// This process's resident memory, from /proc/self/smaps_rollup (Linux).
+pub fn resident_bytes() -> Option<f64> {
+    // smaps_rollup reports kB whatever the page size (4 KiB, 16 KiB, 64 KiB kernels alike).
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
+    let kb = rollup.lines().find_map(|l| l.strip_prefix("Rss:"))?.trim().trim_end_matches("kB").trim();
+    Some(kb.parse::<f64>().ok()? * 1024.0)
+}
+
+/// This process's user + system CPU time, from /proc/self/stat (Linux).
+pub fn cpu_seconds() -> Option<f64> {
+    // utime and stime (fields 14 and 15) are in USER_HZ ticks, 100 per second on Linux
+    // whatever the kernel's internal HZ; the comm field may contain spaces, so count from ')'.
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    Some((ticks(11)? + ticks(12)?) / USER_HZ)
 }
 
 /// The soft limit on open files, from /proc/self/limits (Linux), for the start-up log: one

@@ -8,6 +8,7 @@
 //! instead of slowing the load down.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -364,10 +365,10 @@ async fn connect(
     tokio::time::timeout(CONNECT_TIMEOUT, go).await.context("connect timed out")?
 }
 
-/// A send awaiting its ack.
+/// A send awaiting its ack: its client message id is `n`, and its body follows from the
+/// intended time (see [`send_frame`]), so a resend after a reconnect is byte-identical.
 struct Pending {
-    client_msg_id: String,
-    body: String,
+    n: u64,
     intended_us: u64,
 }
 
@@ -637,16 +638,11 @@ impl Conn {
     async fn send_message(&mut self, intended_us: u64) -> bool {
         let Some(chat) = self.chat else { return true };
         self.sent += 1;
-        let client_msg_id = format!("{}", self.sent);
-        let mut body = format!("{intended_us:0width$}|{}", self.user, width = STAMP_DIGITS);
-        body.truncate(self.shared.plan.message_bytes);
-        while body.len() < self.shared.plan.message_bytes {
-            body.push('.');
-        }
+        let pending = Pending { n: self.sent, intended_us };
         let Some(c) = self.client.as_mut() else { return false };
         let req = c.req();
-        let frame = ClientFrame::Send { req, chat, client_msg_id: client_msg_id.clone(), body: body.clone() };
-        self.pending.insert(req, Pending { client_msg_id, body, intended_us });
+        let frame = send_frame(req, chat, &pending, &self.user, self.shared.plan.message_bytes);
+        self.pending.insert(req, pending);
         self.shared.pending.fetch_add(1, Ordering::Relaxed);
         self.shared.recorder.sent(self.slot);
         c.send(&frame).await.is_ok()
@@ -711,7 +707,7 @@ impl Conn {
         let old: Vec<Pending> = std::mem::take(&mut self.pending).into_values().collect();
         for p in old {
             let req = c.req();
-            let frame = ClientFrame::Send { req, chat, client_msg_id: p.client_msg_id.clone(), body: p.body.clone() };
+            let frame = send_frame(req, chat, &p, &self.user, self.shared.plan.message_bytes);
             self.pending.insert(req, p);
             if c.send(&frame).await.is_err() {
                 return false;
@@ -778,6 +774,17 @@ impl Conn {
     }
 }
 
+/// The `send` for `p`: the body is the zero-padded intended time (what receivers read), the
+/// sender, and padding up to `size` bytes.
+fn send_frame(req: u64, chat: u64, p: &Pending, user: &str, size: usize) -> ClientFrame {
+    let mut body = String::with_capacity(size);
+    let _ = write!(body, "{:0width$}|{user}", p.intended_us, width = STAMP_DIGITS);
+    body.truncate(size);
+    let pad = size - body.len();
+    body.extend(std::iter::repeat_n('.', pad));
+    ClientFrame::Send { req, chat, client_msg_id: p.n.to_string(), body }
+}
+
 /// A fixed pseudo-random spread of connection indices (Fibonacci hashing), so that choices
 /// by `scatter(i) % n` do not follow the round-robin structure of the indices.
 fn scatter(index: u64) -> u64 {
@@ -792,6 +799,18 @@ fn stormed(index: u64, percent: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_send_carries_its_stamp_and_has_the_asked_size() {
+        let p = Pending { n: 7, intended_us: 1_795_565_176_235_123 };
+        let ClientFrame::Send { client_msg_id, body, .. } = send_frame(3, 9, &p, "lt1-42", 100) else { panic!() };
+        assert_eq!(client_msg_id, "7");
+        assert_eq!(body.len(), 100);
+        assert_eq!(body[..STAMP_DIGITS].parse::<u64>().unwrap(), p.intended_us);
+        assert!(body[STAMP_DIGITS..].starts_with("|lt1-42."));
+        let ClientFrame::Send { body, .. } = send_frame(3, 9, &p, "lt1-42", 24) else { panic!() };
+        assert_eq!(body.len(), 24);
+    }
 
     #[test]
     fn source_addresses_spread_every_workers_connections() {

@@ -28,8 +28,9 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -p server --bin messenger -p loadtest --bin loadtest
-BIN=target/release/messenger
-LT=target/release/loadtest
+# CARGO_TARGET_DIR is honoured, so an A/B run can keep two builds side by side.
+BIN=${CARGO_TARGET_DIR:-target}/release/messenger
+LT=${CARGO_TARGET_DIR:-target}/release/loadtest
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

@@ -16,11 +16,12 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use protocol::codec::{decode_envelope, encode_envelope};
-use protocol::{ChatId, ChatSummary, Event, EventBody, Role, Seq};
+use protocol::{ChatId, ChatSummary, Event, Role, Seq};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use rules::append::{Decision, Earlier, Effect, Facts, Lookups};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Append, Appended, ChatRecord, Created, HistoryPage, Mutation, NewChat, Page, Store, StoreError};
+use crate::{Append, Appended, ChatRecord, Created, HistoryPage, NewChat, Page, Store, StoreError};
 use crate::{role_code as role_byte, role_from_code as byte_role};
 
 /// chat → [`ChatRecord`]
@@ -36,6 +37,8 @@ const IDEMPOTENCY: TableDefinition<(u64, &str, &str), (u64, u64)> = TableDefinit
 /// (chat, user) → read cursor
 const READS: TableDefinition<(u64, &str), u64> = TableDefinition::new("reads");
 /// (chat, target seq, edit seq) → 0: the edits of a message, so a delete can erase their text.
+/// Kept after the delete (a few bytes each), as in the CQL store, where removing them would
+/// write tombstones.
 const EDITS: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("edits");
 /// (user a, user b) with a < b → direct chat id
 const DIRECT: TableDefinition<(&str, &str), u64> = TableDefinition::new("direct");
@@ -279,23 +282,17 @@ fn load_chat(t: &Tables<'_>, chat: ChatId) -> Applied<ChatRecord> {
 }
 
 fn apply_create(t: &mut Tables<'_>, new: &NewChat) -> Applied<Created> {
-    let direct_key = if new.kind == protocol::ChatKind::Direct {
-        let mut pair: Vec<&str> = new.members.iter().map(|(u, _)| u.as_str()).collect();
-        pair.sort_unstable();
-        match pair.as_slice() {
-            [a, b] => Some((a.to_string(), b.to_string())),
-            _ => return Ok(Err(StoreError::NoChange("a direct chat has exactly two members"))),
-        }
-    } else {
-        None
+    let pair = match new.direct_pair() {
+        Ok(pair) => pair,
+        Err(why) => return Ok(Err(StoreError::Invalid(why))),
     };
-    if let Some((a, b)) = &direct_key
-        && let Some(existing) = t.direct.get((a.as_str(), b.as_str()))?
+    if let Some((a, b)) = pair
+        && let Some(existing) = t.direct.get((a, b))?
     {
         return Ok(Ok(Created::Existing { chat: existing.value() }));
     }
     if t.chats.get(new.id)?.is_some() {
-        return Ok(Err(StoreError::Unavailable("chat id collision; retry".into())));
+        return Ok(Err(StoreError::IdCollision));
     }
     let record = ChatRecord {
         kind: new.kind,
@@ -307,14 +304,82 @@ fn apply_create(t: &mut Tables<'_>, new: &NewChat) -> Applied<Created> {
     let event = new.created_event();
     t.chats.insert(new.id, encode_envelope(&record).as_ref())?;
     t.events.insert((new.id, 1), encode_envelope(&event).as_ref())?;
-    for (user, role) in &new.members {
-        t.members.insert((new.id, user.as_str()), role_byte(*role))?;
-        t.user_chats.insert((user.as_str(), new.id), 0)?;
+    for effect in new.effects() {
+        carry_out(t, new.id, &effect)?;
     }
-    if let Some((a, b)) = &direct_key {
-        t.direct.insert((a.as_str(), b.as_str()), new.id)?;
+    if let Some((a, b)) = pair {
+        t.direct.insert((a, b), new.id)?;
     }
     Ok(Ok(Created::New { chat: new.id, event }))
+}
+
+/// Reads what the rules asked for, inside the write transaction (so it sees the earlier
+/// writes of the same batch).
+fn facts(t: &Tables<'_>, chat: ChatId, lookups: &Lookups<'_>) -> Applied<Facts> {
+    let event_at = |seq: Seq| -> Applied<Option<Event>> {
+        Ok(match t.events.get((chat, seq))? {
+            None => Ok(None),
+            Some(g) => decode_envelope::<Event>(g.value()).map(Some).map_err(corrupt),
+        })
+    };
+    let mut facts = Facts::default();
+    if let Some((sender, client_msg_id)) = lookups.earlier
+        && let Some(record) = t.idempotency.get((chat, sender, client_msg_id))?
+    {
+        let (seq, ts) = record.value();
+        // An unreadable original still answers as a duplicate: never store a message twice.
+        let event = event_at(seq)?.ok().flatten();
+        facts.earlier = Some(Earlier { seq, ts, event });
+    }
+    for user in lookups.roles {
+        if let Some(role) = t.members.get((chat, user.as_str()))? {
+            facts.roles.push((user.clone(), byte_role(role.value())));
+        }
+    }
+    if let Some(target) = lookups.target {
+        facts.target = match event_at(target)? {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
+    }
+    if let Some(target) = lookups.edits_of {
+        let mut seqs = Vec::new();
+        for item in t.edits.range((chat, target, 0)..=(chat, target, u64::MAX))? {
+            seqs.push(item?.0.value().2);
+        }
+        for seq in seqs {
+            // An undecodable edit cannot be erased, and must not block the delete.
+            if let Ok(Some(edit)) = event_at(seq)? {
+                facts.edits.push(edit);
+            }
+        }
+    }
+    Ok(Ok(facts))
+}
+
+/// Carries out one effect the rules decided.
+fn carry_out(t: &mut Tables<'_>, chat: ChatId, effect: &Effect) -> Result<(), redb::Error> {
+    match effect {
+        Effect::Rewrite(event) => {
+            t.events.insert((chat, event.seq), encode_envelope(event).as_ref())?;
+        }
+        Effect::RecordIdempotency { sender, client_msg_id, seq, ts } => {
+            t.idempotency.insert((chat, sender.as_str(), client_msg_id.as_str()), (*seq, *ts))?;
+        }
+        Effect::AddMember { user, role } => {
+            t.members.insert((chat, user.as_str()), role_byte(*role))?;
+            t.user_chats.insert((user.as_str(), chat), 0)?;
+        }
+        Effect::RemoveMember { user } => {
+            t.members.remove((chat, user.as_str()))?;
+            t.user_chats.remove((user.as_str(), chat))?;
+            t.reads.remove((chat, user.as_str()))?;
+        }
+        Effect::RecordEdit { target, seq } => {
+            t.edits.insert((chat, *target, *seq), 0)?;
+        }
+    }
+    Ok(())
 }
 
 fn apply_append(t: &mut Tables<'_>, a: &Append) -> Applied<Appended> {
@@ -322,132 +387,20 @@ fn apply_append(t: &mut Tables<'_>, a: &Append) -> Applied<Appended> {
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
-    let seq = record.last_seq + 1;
-    // Validate (and compute) everything before the first write.
-    let body = match &a.mutation {
-        Mutation::Message { client_msg_id, text } => {
-            if let Some(prev) = t.idempotency.get((a.chat, a.sender.as_str(), client_msg_id.as_str()))? {
-                let (seq, ts) = prev.value();
-                // A retry carries the same text; the same id with other text is a client bug
-                // that must not be papered over with the first message's ack. (A message
-                // edited or deleted since still answers as a duplicate.)
-                let original = t.events.get((a.chat, seq))?.map(|g| decode_envelope::<Event>(g.value()));
-                if let Some(Ok(Event {
-                    body: EventBody::Message { text: stored, edited: false, deleted: false, .. },
-                    ..
-                })) = original
-                    && stored != *text
-                {
-                    return Ok(Err(StoreError::Conflict));
-                }
-                return Ok(Ok(Appended::Duplicate { seq, ts }));
-            }
-            EventBody::Message {
-                client_msg_id: client_msg_id.clone(),
-                text: text.clone(),
-                edited: false,
-                deleted: false,
-            }
-        }
-        Mutation::Edit { target, text } => EventBody::Edited { target: *target, text: text.clone() },
-        Mutation::Delete { target } => EventBody::Deleted { target: *target },
-        Mutation::AddMembers { users, role } => {
-            let mut added = Vec::new();
-            for u in users {
-                let current = t.members.get((a.chat, u.as_str()))?.map(|g| byte_role(g.value()));
-                if current != Some(*role) && !added.contains(u) {
-                    added.push(u.clone());
-                }
-            }
-            if added.is_empty() {
-                return Ok(Err(StoreError::NoChange("already members with that role")));
-            }
-            EventBody::MembersAdded { users: added, role: *role }
-        }
-        Mutation::RemoveMembers { users } => {
-            let mut removed = Vec::new();
-            for u in users {
-                if t.members.get((a.chat, u.as_str()))?.is_some() && !removed.contains(u) {
-                    removed.push(u.clone());
-                }
-            }
-            if removed.is_empty() {
-                return Ok(Err(StoreError::NoChange("not members")));
-            }
-            EventBody::MembersRemoved { users: removed }
-        }
+    let facts = match facts(t, a.chat, &a.lookups())? {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(e)),
     };
-    // Edits and deletes rewrite their target; find and check it first.
-    let target_update = match &a.mutation {
-        Mutation::Edit { target, .. } | Mutation::Delete { target } => {
-            let stored = t.events.get((a.chat, *target))?.map(|g| decode_envelope::<Event>(g.value()));
-            let mut ev = match stored {
-                Some(Ok(ev)) => ev,
-                Some(Err(e)) => return Ok(Err(corrupt(e))),
-                None => return Ok(Err(StoreError::TargetNotFound)),
-            };
-            match (&mut ev.body, &a.mutation) {
-                (EventBody::Message { deleted: true, .. }, _) => return Ok(Err(StoreError::TargetNotFound)),
-                (EventBody::Message { text, edited, .. }, Mutation::Edit { text: new, .. }) => {
-                    text.clone_from(new);
-                    *edited = true;
-                }
-                (EventBody::Message { text, deleted, .. }, _) => {
-                    text.clear();
-                    *deleted = true;
-                }
-                _ => return Ok(Err(StoreError::TargetNotFound)),
-            }
-            Some((*target, ev))
-        }
-        _ => None,
+    let (event, effects) = match rules::append::decide(a, record.last_seq + 1, &facts) {
+        Ok(Decision::New { event, effects }) => (event, effects),
+        Ok(Decision::Duplicate { seq, ts }) => return Ok(Ok(Appended::Duplicate { seq, ts })),
+        Err(refused) => return Ok(Err(refused.into())),
     };
-    let event = Event { seq, ts: a.ts, sender: a.sender.clone(), body };
-    // Writes.
-    if let Some((target, ev)) = target_update {
-        t.events.insert((a.chat, target), encode_envelope(&ev).as_ref())?;
+    t.events.insert((a.chat, event.seq), encode_envelope(&event).as_ref())?;
+    for effect in &effects {
+        carry_out(t, a.chat, effect)?;
     }
-    t.events.insert((a.chat, seq), encode_envelope(&event).as_ref())?;
-    match &event.body {
-        EventBody::Edited { target, .. } => {
-            t.edits.insert((a.chat, *target, seq), 0)?;
-        }
-        EventBody::Deleted { target } => {
-            // A deleted message's text must not survive in its earlier edits either.
-            let mut edit_seqs = Vec::new();
-            for item in t.edits.range((a.chat, *target, 0)..=(a.chat, *target, u64::MAX))? {
-                edit_seqs.push(item?.0.value().2);
-            }
-            for edit_seq in edit_seqs {
-                let stored = t.events.get((a.chat, edit_seq))?.map(|g| decode_envelope::<Event>(g.value()));
-                if let Some(Ok(mut ev)) = stored {
-                    if let EventBody::Edited { text, .. } = &mut ev.body {
-                        text.clear();
-                    }
-                    t.events.insert((a.chat, edit_seq), encode_envelope(&ev).as_ref())?;
-                }
-                t.edits.remove((a.chat, *target, edit_seq))?;
-            }
-        }
-        EventBody::Message { client_msg_id, .. } => {
-            t.idempotency.insert((a.chat, a.sender.as_str(), client_msg_id.as_str()), (seq, a.ts))?;
-        }
-        EventBody::MembersAdded { users, role } => {
-            for u in users {
-                t.members.insert((a.chat, u.as_str()), role_byte(*role))?;
-                t.user_chats.insert((u.as_str(), a.chat), 0)?;
-            }
-        }
-        EventBody::MembersRemoved { users } => {
-            for u in users {
-                t.members.remove((a.chat, u.as_str()))?;
-                t.user_chats.remove((u.as_str(), a.chat))?;
-                t.reads.remove((a.chat, u.as_str()))?;
-            }
-        }
-        _ => {}
-    }
-    record.last_seq = seq;
+    record.last_seq = event.seq;
     t.chats.insert(a.chat, encode_envelope(&record).as_ref())?;
     Ok(Ok(Appended::New(event)))
 }
@@ -458,7 +411,7 @@ fn apply_read(t: &mut Tables<'_>, chat: ChatId, user: &str, seq: Seq) -> Applied
         Err(e) => return Ok(Err(e)),
     };
     let current = t.reads.get((chat, user))?.map(|g| g.value()).unwrap_or(0);
-    let next = seq.min(record.last_seq).max(current);
+    let next = rules::append::read_cursor(seq, record.last_seq, current);
     if next != current {
         t.reads.insert((chat, user), next)?;
     }

@@ -1,6 +1,9 @@
 //! Where chats, memberships, events, read cursors and idempotency records live.
 //!
-//! The [`Store`] trait is all the router knows about storage. Sequencing happens *inside* a
+//! The [`Store`] trait is all the router knows about storage. What an append or a chat
+//! creation *does* (idempotency, member filtering, edit and delete targets, erasing deleted
+//! text) is decided by the pure [`rules`] crate; each backend only reads the facts the rules
+//! ask for and carries out the effects they decide. Sequencing happens *inside* a
 //! store's [`Store::append`]: the seq is allocated in the same atomic write that stores the
 //! event, so "ack means durable" and "gap-free seq" hold by construction: an append that fails
 //! allocates nothing, and one that succeeded is on disk before the ack is sent.
@@ -18,39 +21,12 @@ pub mod embedded;
 
 use async_trait::async_trait;
 use protocol::{ChatId, ChatKind, ChatSummary, Event, Role, Seq, UserId};
+use rules::Refused;
 use thiserror::Error;
 
 pub use cql::{CqlConfig, CqlStore};
 pub use embedded::{EmbeddedConfig, EmbeddedStore};
-
-/// A chat to create.
-#[derive(Debug, Clone)]
-pub struct NewChat {
-    /// A fresh random id (the router draws it); ignored when a direct chat already exists.
-    pub id: ChatId,
-    pub kind: ChatKind,
-    pub title: String,
-    pub creator: UserId,
-    /// Every member including the creator, with roles; no duplicates.
-    pub members: Vec<(UserId, Role)>,
-    pub ts: u64,
-}
-
-impl NewChat {
-    /// The chat's first event (seq 1).
-    pub fn created_event(&self) -> Event {
-        Event {
-            seq: 1,
-            ts: self.ts,
-            sender: self.creator.clone(),
-            body: protocol::EventBody::Created {
-                chat_kind: self.kind,
-                title: self.title.clone(),
-                members: self.members.iter().map(|(u, _)| u.clone()).collect(),
-            },
-        }
-    }
-}
+pub use rules::{Append, Appended, Mutation, NewChat, Page};
 
 /// What [`Store::create_chat`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,34 +37,6 @@ pub enum Created {
     Existing { chat: ChatId },
 }
 
-/// A sequenced write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mutation {
-    Message { client_msg_id: String, text: String },
-    Edit { target: Seq, text: String },
-    Delete { target: Seq },
-    AddMembers { users: Vec<UserId>, role: Role },
-    RemoveMembers { users: Vec<UserId> },
-}
-
-/// An append to a chat's stream.
-#[derive(Debug, Clone)]
-pub struct Append {
-    pub chat: ChatId,
-    pub sender: UserId,
-    pub ts: u64,
-    pub mutation: Mutation,
-}
-
-/// What [`Store::append`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Appended {
-    /// Stored as `event`.
-    New(Event),
-    /// A message with this sender and client message id was stored before, at `seq`/`ts`.
-    Duplicate { seq: Seq, ts: u64 },
-}
-
 /// A chat's stored header.
 #[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct ChatRecord {
@@ -97,17 +45,6 @@ pub struct ChatRecord {
     pub creator: UserId,
     pub created_ts: u64,
     pub last_seq: Seq,
-}
-
-/// Which page of history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Page {
-    /// The newest `limit` events.
-    Latest { limit: u32 },
-    /// Up to `limit` events with seq < `seq`, the newest of them.
-    Before { seq: Seq, limit: u32 },
-    /// Up to `limit` events with seq > `seq`, the oldest of them.
-    After { seq: Seq, limit: u32 },
 }
 
 /// A page of events in ascending seq order, and whether more lie beyond it.
@@ -145,12 +82,29 @@ pub enum StoreError {
     /// The client message id was used before for a different message.
     #[error("client message id reused for a different message")]
     Conflict,
+    /// A new chat's id is taken: the caller draws another and retries. Nothing was written.
+    #[error("chat id already in use")]
+    IdCollision,
+    /// The request breaks a rule no router would let through (a direct chat without exactly
+    /// two members). Nothing was written.
+    #[error("invalid: {0}")]
+    Invalid(String),
     /// The backend could not complete the call; retrying may succeed. Nothing was written.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Stored bytes did not decode: a bug or disk corruption, never retried.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+}
+
+impl From<Refused> for StoreError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::TargetNotFound => StoreError::TargetNotFound,
+            Refused::NoChange(why) => StoreError::NoChange(why),
+            Refused::Conflict => StoreError::Conflict,
+        }
+    }
 }
 
 /// The storage interface the router sequences, authorizes and persists through.

@@ -1,25 +1,26 @@
 //! The router: it sequences, authorizes, persists and fans out.
 //!
-//! Edges send [`protocol::envelope::RouterRequest`]s on the request subject; the router
-//! validates and authorizes them, writes through the [`persistence::Store`] (which allocates
-//! each chat's seq inside the durable write), answers the edge, and publishes the resulting
-//! events on the chat's subject for every edge holding a member to fan out.
-//!
-//! Requests that touch one chat's stream go to the shard that owns the chat (`chat % shards`).
-//! A shard keeps writes to a chat in order and *pipelines* them: it does not wait for one
-//! send's commit before authorizing the next, and it publishes and acks completions in the
-//! order it submitted them, which is seq order. Membership changes are barriers: a shard
-//! waits for everything in flight before and after one, so no send is ever authorized
-//! against a stale member list.
+//! Edges send [`protocol::envelope::RouterRequest`]s on the request subject; the router reads
+//! the facts a request needs, lets the pure chat rules ([`rules`]) decide, writes through the
+//! [`persistence::Store`] (which allocates each chat's seq inside the durable write), answers
+//! the edge, and publishes the resulting events on the chat's subject for every edge holding
+//! a member to fan out.
 //!
 //! Layout:
-//! - [`authz`]: who may do what (pure).
-//! - [`validate`]: field checks (pure).
-//! - [`service`]: the tokio glue: [`Router`], its shards, its heartbeat.
+//! - [`dispatch`]: [`Router`] and [`BoundRouter`]: subscribing, routing each request to its
+//!   chat's shard or to a task of its own, the heartbeat.
+//! - [`shard`]: the per-chat pipeline: facts read once, decisions, pipelined writes with
+//!   completions in seq order, membership barriers.
+//! - [`requests`]: requests that need no ordering (create, list, history, presence).
+//! - [`answer`]: replies, publishing, and the errors a client sees for store errors.
+//! - [`clock`]: the server clock, injectable.
 #![forbid(unsafe_code)]
 
-pub mod authz;
-pub mod service;
-pub mod validate;
+mod answer;
+pub mod clock;
+mod dispatch;
+mod requests;
+mod shard;
 
-pub use service::{BoundRouter, Router, RouterConfig, RouterError};
+pub use clock::{Clock, FixedClock, SystemClock};
+pub use dispatch::{BoundRouter, Router, RouterConfig, RouterError};

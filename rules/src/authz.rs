@@ -34,11 +34,14 @@ fn forbidden(reason: &'static str) -> Denied {
     Denied { code: ErrorCode::Forbidden, reason }
 }
 
-/// Decides whether `user`, with `role` in a chat of `kind` (`None`: not a member), may take
-/// `action`. Non-members always get `not_found`, exactly what a missing chat gets, so they
-/// learn nothing about which chats exist.
-pub fn authorize(kind: ChatKind, role: Option<Role>, user: &str, action: Action<'_>) -> Result<(), Denied> {
-    let Some(role) = role else { return Err(NOT_FOUND) };
+/// Membership, the first check of every act: non-members get `not_found`, exactly what a
+/// missing chat gets, so they learn nothing about which chats exist.
+pub fn member(role: Option<Role>) -> Result<Role, Denied> {
+    role.ok_or(NOT_FOUND)
+}
+
+/// Decides whether a member `user` with `role` in a chat of `kind` may take `action`.
+pub fn permit(kind: ChatKind, role: Role, user: &str, action: Action<'_>) -> Result<(), Denied> {
     let admin = role == Role::Admin;
     match action {
         Action::Read => Ok(()),
@@ -58,6 +61,12 @@ pub fn authorize(kind: ChatKind, role: Option<Role>, user: &str, action: Action<
         Action::RemoveMembers { users } if admin || users.iter().all(|u| u == user) => Ok(()),
         Action::RemoveMembers { .. } => Err(forbidden("only admins remove others")),
     }
+}
+
+/// Membership, then permission: whether `user`, with `role` in a chat of `kind` (`None`: not a
+/// member), may take `action`.
+pub fn authorize(kind: ChatKind, role: Option<Role>, user: &str, action: Action<'_>) -> Result<(), Denied> {
+    permit(kind, member(role)?, user, action)
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! One client connection: upgrade, authentication, then a loop that reads frames, runs
-//! requests, and writes what the hub queued.
+//! One client connection's task: after the handshake ([`crate::handshake`]), a loop that
+//! reads frames, runs requests, and writes what the hub queued. What to do with each frame
+//! and what to write is decided by the connection's [`Session`]; this file is the socket
+//! glue around it.
 //!
 //! A connection is one task. While idle it holds its WebSocket (with a small read buffer),
 //! an outbox handle and a few words of state; everything bigger is allocated on use and
 //! freed after.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,23 +16,21 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use protocol::codec::{CodecError, decode_client, encode_server, encode_server_json};
 use protocol::envelope::{RouterOp, RouterReply};
-use protocol::limits::{MAX_HISTORY_PAGE, MAX_RESUME_CHATS};
-use protocol::ratelimit::{FloodGuard, Verdict};
-use protocol::{ChatId, ClientFrame, CloseCode, Encoding, ErrorCode, Seq, ServerFrame};
+use protocol::limits::MAX_HISTORY_PAGE;
+use protocol::ratelimit::Verdict;
+use protocol::{ClientFrame, CloseCode, Encoding, ErrorCode, ServerFrame};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
+use crate::Services;
+use crate::handshake::{Ws, authenticate, upgrade};
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
+use crate::session::{Action, Holding, Session, action, reply_frame};
 
-type Ws = WebSocketStream<TcpStream>;
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
 /// Frames moved from the outbox per write; the rest wait for the next turn of the loop so
@@ -52,13 +51,6 @@ const DRAIN_REPLY_GRACE: Duration = Duration::from_secs(3);
 /// the client should see 4009 to know it must resume. The memory held meanwhile is bounded.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// What the upgrade request carried.
-#[derive(Default)]
-struct Upgrade {
-    encoding: Option<Encoding>,
-    token: Option<String>,
-}
-
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -67,7 +59,7 @@ fn close_frame(code: CloseCode) -> CloseFrame {
     CloseFrame { code: WsCloseCode::from(code.code()), reason: code.reason().into() }
 }
 
-fn encode(encoding: Encoding, frame: &ServerFrame) -> Message {
+pub(crate) fn encode(encoding: Encoding, frame: &ServerFrame) -> Message {
     metrics::counter!("edge_frames_out_total", "type" => frame.kind()).increment(1);
     if let ServerFrame::Error { code, .. } = frame {
         metrics::counter!("edge_errors_total", "code" => code.as_str()).increment(1);
@@ -94,58 +86,19 @@ async fn close(ws: &mut Ws, code: CloseCode) {
 pub(crate) async fn serve(
     stream: TcpStream,
     id: ConnId,
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     draining: CancellationToken,
     force: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
-    let mut upgrade = Upgrade::default();
-    // The error type is tungstenite's; its size is not ours to choose.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
-        let offered: Vec<&str> = req
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        let Some(encoding) = Encoding::negotiate(offered.iter().copied()) else {
-            let mut err =
-                ErrorResponse::new(Some("unsupported subprotocol; offer msg.v1.json or msg.v1.bincode".into()));
-            *err.status_mut() = StatusCode::BAD_REQUEST;
-            return Err(err);
-        };
-        if !offered.is_empty() {
-            resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(encoding.subprotocol()));
-        }
-        upgrade.encoding = Some(encoding);
-        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
-        upgrade.token = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::to_owned).or_else(|| {
-            req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_owned))
-        });
-        Ok(resp)
-    };
-    let accept = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.config.websocket()));
-    let mut ws = match tokio::time::timeout_at(deadline, accept).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(err)) => {
-            metrics::counter!("edge_handshake_failures_total").increment(1);
-            tracing::debug!(error = %err, "handshake failed");
-            return;
-        }
-        Err(_) => {
-            metrics::counter!("edge_handshake_failures_total").increment(1);
-            return;
-        }
-    };
+    let Some((mut ws, upgrade)) = upgrade(stream, &shared, deadline).await else { return };
     let encoding = upgrade.encoding.unwrap_or(Encoding::Json);
     if draining.is_cancelled() {
         close(&mut ws, CloseCode::GoingAway).await;
         return;
     }
-    let user = match authenticate(&mut ws, &shared, encoding, upgrade.token, deadline).await {
+    let user = match authenticate(&mut ws, &shared, encoding, upgrade.token, deadline, now_secs).await {
         Ok(user) => user,
         Err(code) => {
             close(&mut ws, code).await;
@@ -181,10 +134,8 @@ pub(crate) async fn serve(
         user,
         encoding,
         outbox,
-        flood: FloodGuard::new(shared.config.flood, Instant::now()),
+        session: Session::new(shared.config.flood, shared.config.outbound_queue_bytes, Instant::now()),
         pending: FuturesUnordered::new(),
-        delivered: HashMap::new(),
-        held: None,
     };
     let code = conn.run(force).await;
     shared.hub.detach(id).await;
@@ -196,65 +147,14 @@ pub(crate) async fn serve(
     }
 }
 
-/// Waits for a valid token: from the upgrade, or the first frame.
-async fn authenticate(
-    ws: &mut Ws,
-    shared: &Shared,
-    encoding: Encoding,
-    token: Option<String>,
-    deadline: tokio::time::Instant,
-) -> Result<String, CloseCode> {
-    let token = match token {
-        Some(t) => t,
-        None => loop {
-            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-                Err(_) => return Err(CloseCode::AuthTimeout),
-                Ok(None | Some(Err(_))) => return Err(CloseCode::Normal),
-                Ok(Some(Ok(m))) => m,
-            };
-            let bytes = match (&msg, encoding) {
-                (Message::Text(t), Encoding::Json) => t.as_bytes(),
-                (Message::Binary(b), Encoding::Bincode) => &b[..],
-                (Message::Ping(_) | Message::Pong(_), _) => continue,
-                (Message::Close(_), _) => return Err(CloseCode::Normal),
-                _ => return Err(CloseCode::ProtocolError),
-            };
-            match decode_client(encoding, bytes) {
-                Ok(ClientFrame::Auth { token }) => break token,
-                _ => {
-                    let frame =
-                        ServerFrame::error(None, ErrorCode::Unauthenticated, "authenticate first: send an auth frame");
-                    let _ = ws.send(encode(encoding, &frame)).await;
-                    return Err(CloseCode::Unauthorized);
-                }
-            }
-        },
-    };
-    match shared.auth.verify(&token, now_secs()) {
-        Ok(user) => {
-            metrics::counter!("edge_auth_total", "result" => "ok").increment(1);
-            Ok(user)
-        }
-        Err(err) => {
-            metrics::counter!("edge_auth_total", "result" => err.label()).increment(1);
-            tracing::debug!(error = %err, "authentication failed");
-            Err(CloseCode::Unauthorized)
-        }
-    }
-}
-
 struct Connection {
     ws: Ws,
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     user: String,
     encoding: Encoding,
     outbox: Arc<Outbox>,
-    flood: FloodGuard,
+    session: Session,
     pending: FuturesUnordered<Pending>,
-    /// Highest seq written per chat: nothing at or below it is written again.
-    delivered: HashMap<ChatId, Seq>,
-    /// Sequenced events held until the client's first `resume`, with their byte total.
-    held: Option<(Vec<Outgoing>, usize)>,
 }
 
 enum Step {
@@ -273,7 +173,6 @@ impl Connection {
         if self.ws.send(encode(self.encoding, &hello)).await.is_err() {
             return CloseCode::Normal;
         }
-        self.held = Some((Vec::new(), 0));
         let idle = self.shared.config.idle_timeout;
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
@@ -324,18 +223,10 @@ impl Connection {
         }
         let mut to_write = Vec::with_capacity(batch.len());
         for item in batch.drain(..) {
-            if let Some((held, bytes)) = &mut self.held
-                && item.seq != 0
-            {
-                *bytes += item.message.len();
-                held.push(item);
-                if *bytes > self.shared.config.outbound_queue_bytes {
-                    return Step::Close(CloseCode::SlowConsumer);
-                }
-                continue;
-            }
-            if let Some(message) = self.admit(item) {
-                to_write.push(message);
+            match self.session.hold(item) {
+                Holding::Held => {}
+                Holding::Overflow => return Step::Close(CloseCode::SlowConsumer),
+                Holding::Write(item) => to_write.extend(self.admit(item)),
             }
         }
         let outbox = self.outbox.clone();
@@ -365,12 +256,10 @@ impl Connection {
     /// Applies the per-chat high-water mark to a frame about to be written: sequenced events
     /// at or below what this connection already got are dropped.
     fn admit(&mut self, item: Outgoing) -> Option<Message> {
+        if !self.session.admit(item.chat, item.seq) {
+            return None;
+        }
         if item.seq != 0 {
-            let last = self.delivered.entry(item.chat).or_insert(0);
-            if item.seq <= *last {
-                return None;
-            }
-            *last = item.seq;
             DELIVERY_SECONDS.record(item.queued.elapsed().as_secs_f64());
         }
         Some(item.message)
@@ -381,7 +270,8 @@ impl Connection {
     async fn leave(&mut self, batch: &mut Vec<Outgoing>) -> Step {
         let encoding = self.encoding;
         // Events held for a client that never resumed stay unsent: it resumes elsewhere.
-        let items: Vec<Outgoing> = batch.drain(..).filter(|o| self.held.is_none() || o.seq == 0).collect();
+        let holding = self.session.holding();
+        let items: Vec<Outgoing> = batch.drain(..).filter(|o| !holding || o.seq == 0).collect();
         let queued: Vec<Message> = items.into_iter().filter_map(|o| self.admit(o)).collect();
         let _ = tokio::time::timeout(CLOSE_GRACE, write_all(&mut self.ws, queued)).await;
         let replies = async {
@@ -416,7 +306,7 @@ impl Connection {
         };
         let frame = decode_client(self.encoding, bytes);
         let ephemeral = matches!(&frame, Ok(f) if f.is_ephemeral());
-        match self.flood.check(ephemeral, Instant::now()) {
+        match self.session.check_rate(ephemeral, Instant::now()) {
             Verdict::Allow => {}
             Verdict::Reject => {
                 let req = frame.as_ref().ok().and_then(ClientFrame::req);
@@ -442,60 +332,31 @@ impl Connection {
 
     async fn on_frame(&mut self, frame: ClientFrame) -> Step {
         let router = self.shared.router.clone();
-        let user = self.user.clone();
-        let timeout = self.shared.config.request_timeout;
-        let (req, op) = match frame {
-            ClientFrame::Auth { .. } => {
-                let err = ServerFrame::error(None, ErrorCode::Invalid, "already authenticated");
-                return self.push_reply(encode(self.encoding, &err));
+        match action(frame) {
+            Action::Reply(frame) => self.push_reply(encode(self.encoding, &frame)),
+            Action::Tell(op) => {
+                router.tell(&self.user, op).await;
+                Step::Continue
             }
-            ClientFrame::Ping { req } => return self.push_reply(encode(self.encoding, &ServerFrame::Pong { req })),
-            ClientFrame::Typing { chat } => {
-                router.tell(&user, RouterOp::Typing { chat }).await;
-                return Step::Continue;
+            Action::Resume { req, chats } => self.resume(req, chats).await,
+            Action::Call { req, op } => {
+                let (user, timeout, chat) = (self.user.clone(), self.shared.config.request_timeout, op.chat());
+                self.pending.push(Box::pin(async move {
+                    let reply = router.call(&user, op, timeout).await;
+                    reply_frame(req, chat, reply)
+                }));
+                Step::Continue
             }
-            ClientFrame::Presence { status } => {
-                router.tell(&user, RouterOp::Presence { status }).await;
-                return Step::Continue;
-            }
-            ClientFrame::Resume { req, chats } => return self.resume(req, chats).await,
-            ClientFrame::CreateChat { req, kind, title, members } => {
-                (req, RouterOp::CreateChat { kind, title, members })
-            }
-            ClientFrame::AddMembers { req, chat, users, role } => (req, RouterOp::AddMembers { chat, users, role }),
-            ClientFrame::RemoveMembers { req, chat, users } => (req, RouterOp::RemoveMembers { chat, users }),
-            ClientFrame::ListChats { req } => (req, RouterOp::ListChats),
-            ClientFrame::Send { req, chat, client_msg_id, body } => (req, RouterOp::Send { chat, client_msg_id, body }),
-            ClientFrame::Edit { req, chat, target, body } => (req, RouterOp::Edit { chat, target, body }),
-            ClientFrame::Delete { req, chat, target } => (req, RouterOp::Delete { chat, target }),
-            ClientFrame::History { req, chat, before, after, limit } => {
-                (req, RouterOp::History { chat, before, after, limit: limit.unwrap_or(0) })
-            }
-            ClientFrame::Read { req, chat, seq } => (req, RouterOp::Read { chat, seq }),
-        };
-        let chat = op.chat();
-        self.pending.push(Box::pin(async move {
-            let reply = router.call(&user, op, timeout).await;
-            reply_frame(req, chat, reply)
-        }));
-        Step::Continue
+        }
     }
 
     /// Sends every event after each cursor, then `resumed`, then releases live events, so
     /// that the client sees each chat gap-free and without duplicates across the seam.
     async fn resume(&mut self, req: u64, chats: Vec<protocol::frame::ResumeCursor>) -> Step {
-        if chats.len() > MAX_RESUME_CHATS {
-            let err = ServerFrame::error(
-                Some(req),
-                ErrorCode::Invalid,
-                format!("at most {MAX_RESUME_CHATS} chats per resume"),
-            );
-            return self.push_reply(encode(self.encoding, &err));
-        }
         let timeout = self.shared.config.request_timeout;
         'chats: for cursor in chats {
             let chat = cursor.chat;
-            let mut after = cursor.last_seq.max(self.delivered.get(&chat).copied().unwrap_or(0));
+            let mut after = self.session.resume_from(chat, cursor.last_seq);
             loop {
                 let op = RouterOp::History { chat, before: None, after: Some(after), limit: MAX_HISTORY_PAGE };
                 match self.shared.router.call(&self.user, op, timeout).await {
@@ -529,18 +390,17 @@ impl Connection {
                     }
                 }
             }
-            self.delivered.insert(chat, after);
+            self.session.resumed(chat, after);
             if self.send_now(&ServerFrame::Resumed { req, chat, last_seq: after }).await.is_err() {
                 return Step::Close(CloseCode::Normal);
             }
         }
         // Release what was held since `hello`: the next flush writes it through the
         // per-chat high-water marks set above.
-        if let Some((held, _)) = self.held.take() {
-            let to_write: Vec<Message> = held.into_iter().filter_map(|item| self.admit(item)).collect();
-            if write_all(&mut self.ws, to_write).await.is_err() {
-                return Step::Close(CloseCode::Normal);
-            }
+        let held = self.session.release();
+        let to_write: Vec<Message> = held.into_iter().filter_map(|item| self.admit(item)).collect();
+        if write_all(&mut self.ws, to_write).await.is_err() {
+            return Step::Close(CloseCode::Normal);
         }
         // The end of the resume, even of an empty one.
         if self.send_now(&ServerFrame::Ok { req }).await.is_err() {
@@ -565,20 +425,5 @@ fn read_error(err: &WsError) -> CloseCode {
         WsError::Capacity(_) => CloseCode::TooBig,
         WsError::Protocol(_) | WsError::Utf8(_) => CloseCode::ProtocolError,
         _ => CloseCode::Normal,
-    }
-}
-
-/// Turns the router's answer into the client's reply frame.
-fn reply_frame(req: u64, chat: Option<ChatId>, reply: RouterReply) -> ServerFrame {
-    match reply {
-        RouterReply::Ack { chat, seq, ts, duplicate } => ServerFrame::Ack { req, chat, seq, ts, duplicate },
-        RouterReply::ChatCreated { chat, created } => ServerFrame::ChatCreated { req, chat, created },
-        RouterReply::Chats(chats) => ServerFrame::Chats { req, chats },
-        RouterReply::History { events, more, .. } => {
-            ServerFrame::History { req, chat: chat.unwrap_or(0), events, more }
-        }
-        RouterReply::Ok => ServerFrame::Ok { req },
-        RouterReply::Error { code, message } => ServerFrame::Error { req: Some(req), code, message },
-        RouterReply::ChatIds(_) => ServerFrame::error(Some(req), ErrorCode::Unavailable, "unexpected reply"),
     }
 }

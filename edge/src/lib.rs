@@ -11,7 +11,10 @@
 //! - [`order`]: per-chat gap-free ordering decisions (pure).
 //! - [`outbox`]: per-connection outbound queue, bounded in bytes.
 //! - [`hub`]: the local subscription index and encode-once fan-out.
-//! - [`connection`]: one client's task.
+//! - `handshake`: the upgrade and authentication of a new connection.
+//! - `session`: a connection's state machine (what each frame does, what is written, what
+//!   waits for the resume), pure.
+//! - `connection`: one client's task, the socket glue around its session.
 //! - [`rpc`]: requests to the routers, addressed to each chat's owner.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - this file: [`Edge`], its accept loop and drain.
@@ -21,10 +24,12 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 mod connection;
+mod handshake;
 pub mod hub;
 pub mod order;
 pub mod outbox;
 pub mod rpc;
+mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -64,7 +69,8 @@ impl Health {
     }
 }
 
-pub(crate) struct Shared {
+/// What every connection of the edge works through.
+pub(crate) struct Services {
     config: EdgeConfig,
     auth: Authenticator,
     router: rpc::RouterClient,
@@ -73,7 +79,7 @@ pub(crate) struct Shared {
 
 /// An edge node.
 pub struct Edge {
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     runner: hub::HubRunner,
     health: Health,
 }
@@ -82,7 +88,7 @@ impl Edge {
     pub fn new(config: EdgeConfig, auth: Authenticator, bus: Arc<dyn Bus>) -> Self {
         let router = rpc::RouterClient::new(bus);
         let (hub, runner) = Hub::new(router.clone(), config.bus_inbox_capacity, config.outbound_queue_bytes);
-        Edge { shared: Arc::new(Shared { config, auth, router, hub }), runner, health: Health::default() }
+        Edge { shared: Arc::new(Services { config, auth, router, hub }), runner, health: Health::default() }
     }
 
     /// The readiness flag this edge maintains.

@@ -1,0 +1,143 @@
+//! A connection's first moments: the WebSocket upgrade (subprotocol, token in the request)
+//! and authentication (from the upgrade, or the first frame), within one deadline.
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::codec::decode_client;
+use protocol::{ClientFrame, CloseCode, Encoding, ErrorCode, ServerFrame};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+
+use crate::Services;
+use crate::connection::encode;
+
+pub(crate) type Ws = WebSocketStream<TcpStream>;
+
+/// What the upgrade request carried.
+#[derive(Debug, Default)]
+pub(crate) struct Upgrade {
+    pub encoding: Option<Encoding>,
+    pub token: Option<String>,
+}
+
+/// Upgrades the socket before `deadline`; `None` when the handshake failed (counted).
+pub(crate) async fn upgrade(
+    stream: TcpStream,
+    shared: &Services,
+    deadline: tokio::time::Instant,
+) -> Option<(Ws, Upgrade)> {
+    let mut upgrade = Upgrade::default();
+    // The error type is tungstenite's; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let offered: Vec<&str> = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        let Some(encoding) = Encoding::negotiate(offered.iter().copied()) else {
+            let mut err =
+                ErrorResponse::new(Some("unsupported subprotocol; offer msg.v1.json or msg.v1.bincode".into()));
+            *err.status_mut() = StatusCode::BAD_REQUEST;
+            return Err(err);
+        };
+        if !offered.is_empty() {
+            resp.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(encoding.subprotocol()));
+        }
+        upgrade.encoding = Some(encoding);
+        let header = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        upgrade.token = header.and_then(bearer_token).map(str::to_owned).or_else(|| {
+            req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_owned))
+        });
+        Ok(resp)
+    };
+    let accept = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(shared.config.websocket()));
+    match tokio::time::timeout_at(deadline, accept).await {
+        Ok(Ok(ws)) => Some((ws, upgrade)),
+        Ok(Err(err)) => {
+            metrics::counter!("edge_handshake_failures_total").increment(1);
+            tracing::debug!(error = %err, "handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics::counter!("edge_handshake_failures_total").increment(1);
+            None
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is case-insensitive
+/// (RFC 7235), so `bearer` and `BEARER` work too.
+pub(crate) fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Waits for a valid token: from the upgrade, or the first frame. `now_secs` is the wall
+/// clock in seconds, for the token's expiry.
+pub(crate) async fn authenticate(
+    ws: &mut Ws,
+    shared: &Services,
+    encoding: Encoding,
+    token: Option<String>,
+    deadline: tokio::time::Instant,
+    now_secs: impl FnOnce() -> u64,
+) -> Result<String, CloseCode> {
+    let token = match token {
+        Some(t) => t,
+        None => loop {
+            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Err(_) => return Err(CloseCode::AuthTimeout),
+                Ok(None | Some(Err(_))) => return Err(CloseCode::Normal),
+                Ok(Some(Ok(m))) => m,
+            };
+            let bytes = match (&msg, encoding) {
+                (Message::Text(t), Encoding::Json) => t.as_bytes(),
+                (Message::Binary(b), Encoding::Bincode) => &b[..],
+                (Message::Ping(_) | Message::Pong(_), _) => continue,
+                (Message::Close(_), _) => return Err(CloseCode::Normal),
+                _ => return Err(CloseCode::ProtocolError),
+            };
+            match decode_client(encoding, bytes) {
+                Ok(ClientFrame::Auth { token }) => break token,
+                _ => {
+                    let frame =
+                        ServerFrame::error(None, ErrorCode::Unauthenticated, "authenticate first: send an auth frame");
+                    let _ = ws.send(encode(encoding, &frame)).await;
+                    return Err(CloseCode::Unauthorized);
+                }
+            }
+        },
+    };
+    match shared.auth.verify(&token, now_secs()) {
+        Ok(user) => {
+            metrics::counter!("edge_auth_total", "result" => "ok").increment(1);
+            Ok(user)
+        }
+        Err(err) => {
+            metrics::counter!("edge_auth_total", "result" => err.label()).increment(1);
+            tracing::debug!(error = %err, "authentication failed");
+            Err(CloseCode::Unauthorized)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
+            assert_eq!(bearer_token(header), Some("abc"), "{header:?}");
+        }
+        for header in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
+}

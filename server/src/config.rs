@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use edge::EdgeConfig;
+use persistence::EmbeddedConfig;
 use protocol::limits::MAX_CLIENT_FRAME_BYTES;
 use protocol::ratelimit::FloodLimits;
+use router::RouterConfig;
 
 /// Smallest outbound queue accepted: two history pages at their worst-case JSON size.
 pub const MIN_OUTBOUND_QUEUE_BYTES: usize = 2 * protocol::limits::MAX_HISTORY_PAGE_BYTES;
@@ -88,7 +90,7 @@ pub struct RouterNodeArgs {
     #[arg(long, env = "MESSENGER_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_deadline: Duration,
     /// Router sequencing shards.
-    #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = 8)]
+    #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = RouterConfig::DEFAULT_SHARDS)]
     pub router_shards: usize,
     #[command(flatten)]
     pub cql: CqlArgs,
@@ -142,10 +144,10 @@ pub struct StandaloneArgs {
     #[command(flatten)]
     pub node: ClientFacingArgs,
     /// Router sequencing shards.
-    #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = 8)]
+    #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = RouterConfig::DEFAULT_SHARDS)]
     pub router_shards: usize,
     /// Most writes per group commit (one fsync) of the embedded store.
-    #[arg(long, env = "MESSENGER_STORE_MAX_BATCH", default_value_t = 512)]
+    #[arg(long, env = "MESSENGER_STORE_MAX_BATCH", default_value_t = EmbeddedConfig::DEFAULT_MAX_BATCH)]
     pub store_max_batch: usize,
     /// Where history lives: `embedded` (a file in the data directory) or `cql`
     /// (ScyllaDB/Cassandra, see the --cql-* flags).
@@ -240,38 +242,38 @@ pub struct EdgeArgs {
     #[arg(long, env = "MESSENGER_OUTBOUND_QUEUE_BYTES", default_value_t = EdgeConfig::default().outbound_queue_bytes)]
     pub outbound_queue_bytes: usize,
     /// Time to authenticate after connecting.
-    #[arg(long, env = "MESSENGER_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub auth_timeout: Duration,
+    #[arg(long, env = "MESSENGER_AUTH_TIMEOUT", default_value_t = Span(EdgeConfig::default().auth_timeout))]
+    pub auth_timeout: Span,
     /// Close a connection that sends nothing for this long.
-    #[arg(long, env = "MESSENGER_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
+    #[arg(long, env = "MESSENGER_IDLE_TIMEOUT", default_value_t = Span(EdgeConfig::default().idle_timeout))]
+    pub idle_timeout: Span,
     /// Requests per second per connection (sustained).
-    #[arg(long, env = "MESSENGER_RATE_REQUESTS_PER_SECOND", default_value_t = 50)]
+    #[arg(long, env = "MESSENGER_RATE_REQUESTS_PER_SECOND", default_value_t = EdgeConfig::default().flood.requests_per_second)]
     pub rate_requests_per_second: u32,
     /// Request burst per connection.
-    #[arg(long, env = "MESSENGER_RATE_REQUEST_BURST", default_value_t = 200)]
+    #[arg(long, env = "MESSENGER_RATE_REQUEST_BURST", default_value_t = EdgeConfig::default().flood.request_burst)]
     pub rate_request_burst: u32,
     /// Typing/presence frames per second per connection.
-    #[arg(long, env = "MESSENGER_RATE_EPHEMERAL_PER_SECOND", default_value_t = 5)]
+    #[arg(long, env = "MESSENGER_RATE_EPHEMERAL_PER_SECOND", default_value_t = EdgeConfig::default().flood.ephemeral_per_second)]
     pub rate_ephemeral_per_second: u32,
     /// Typing/presence burst per connection.
-    #[arg(long, env = "MESSENGER_RATE_EPHEMERAL_BURST", default_value_t = 10)]
+    #[arg(long, env = "MESSENGER_RATE_EPHEMERAL_BURST", default_value_t = EdgeConfig::default().flood.ephemeral_burst)]
     pub rate_ephemeral_burst: u32,
     /// Rate-limited frames in a row before the connection is closed (4008).
-    #[arg(long, env = "MESSENGER_RATE_MAX_STRIKES", default_value_t = 20)]
+    #[arg(long, env = "MESSENGER_RATE_MAX_STRIKES", default_value_t = EdgeConfig::default().flood.max_strikes)]
     pub rate_max_strikes: u16,
     /// Requests per connection awaiting the router at once.
-    #[arg(long, env = "MESSENGER_MAX_INFLIGHT_REQUESTS", default_value_t = 64)]
+    #[arg(long, env = "MESSENGER_MAX_INFLIGHT_REQUESTS", default_value_t = EdgeConfig::default().max_inflight_requests)]
     pub max_inflight_requests: usize,
     /// Time a request may wait for the router.
-    #[arg(long, env = "MESSENGER_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
+    #[arg(long, env = "MESSENGER_REQUEST_TIMEOUT", default_value_t = Span(EdgeConfig::default().request_timeout))]
+    pub request_timeout: Span,
     /// Connections sent away per drain batch.
-    #[arg(long, env = "MESSENGER_DRAIN_BATCH", default_value_t = 1000)]
+    #[arg(long, env = "MESSENGER_DRAIN_BATCH", default_value_t = EdgeConfig::default().drain_batch)]
     pub drain_batch: usize,
     /// Pause between drain batches.
-    #[arg(long, env = "MESSENGER_DRAIN_INTERVAL", default_value = "100ms", value_parser = parse_duration)]
-    pub drain_interval: Duration,
+    #[arg(long, env = "MESSENGER_DRAIN_INTERVAL", default_value_t = Span(EdgeConfig::default().drain_interval))]
+    pub drain_interval: Span,
 }
 
 impl EdgeArgs {
@@ -288,13 +290,13 @@ impl EdgeArgs {
                 "--outbound-queue-bytes must be at least {MIN_OUTBOUND_QUEUE_BYTES} (a history page, JSON-escaped, must fit)"
             ));
         }
-        if self.auth_timeout < Duration::from_secs(1) || self.request_timeout < Duration::from_millis(100) {
+        if self.auth_timeout.0 < Duration::from_secs(1) || self.request_timeout.0 < Duration::from_millis(100) {
             return Err("--auth-timeout must be at least 1s and --request-timeout at least 100ms".into());
         }
         if self.rate_ephemeral_per_second == 0 || self.rate_ephemeral_burst == 0 {
             return Err("ephemeral rate limits must be positive".into());
         }
-        if self.idle_timeout < Duration::from_secs(2) {
+        if self.idle_timeout.0 < Duration::from_secs(2) {
             return Err("--idle-timeout must be at least 2s".into());
         }
         if self.rate_requests_per_second == 0 || self.rate_request_burst == 0 || self.rate_max_strikes == 0 {
@@ -309,8 +311,8 @@ impl EdgeArgs {
             write_buffer_bytes: self.ws_write_buffer_bytes,
             max_frame_bytes: self.max_frame_bytes,
             outbound_queue_bytes: self.outbound_queue_bytes,
-            auth_timeout: self.auth_timeout,
-            idle_timeout: self.idle_timeout,
+            auth_timeout: self.auth_timeout.0,
+            idle_timeout: self.idle_timeout.0,
             flood: FloodLimits {
                 requests_per_second: self.rate_requests_per_second,
                 request_burst: self.rate_request_burst,
@@ -319,9 +321,9 @@ impl EdgeArgs {
                 max_strikes: self.rate_max_strikes,
             },
             max_inflight_requests: self.max_inflight_requests,
-            request_timeout: self.request_timeout,
+            request_timeout: self.request_timeout.0,
             drain_batch: self.drain_batch,
-            drain_interval: self.drain_interval,
+            drain_interval: self.drain_interval.0,
             ..defaults
         })
     }
@@ -344,6 +346,31 @@ pub struct TokenArgs {
 }
 
 /// Parses `250ms`, `30s`, `5m`, `24h`, or a bare number of seconds.
+/// A duration on the command line and in the environment: `250ms`, `30s`, `5m`, `24h` (a
+/// bare number is seconds). Displayed the same way, so `--help` shows defaults taken from the
+/// component that owns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub Duration);
+
+impl std::str::FromStr for Span {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_duration(s).map(Span)
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        match (ms % 1000, ms / 1000) {
+            (0, s) if s > 0 && s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            (0, s) if s > 0 && s % 60 == 0 => write!(f, "{}m", s / 60),
+            (0, s) => write!(f, "{s}s"),
+            _ => write!(f, "{ms}ms"),
+        }
+    }
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -373,6 +400,16 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn spans_print_as_they_parse() {
+        for text in ["250ms", "1500ms", "10s", "90s", "5m", "24h", "0s"] {
+            let span: Span = text.parse().unwrap();
+            assert_eq!(span.to_string(), text);
+        }
+        // Defaults shown by --help are the owning component's.
+        assert_eq!(Span(EdgeConfig::default().idle_timeout).to_string(), "90s");
     }
 
     #[test]

@@ -36,7 +36,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bus::Bus;
-use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,13 +44,6 @@ pub use auth::Authenticator;
 pub use config::EdgeConfig;
 
 use crate::hub::Hub;
-
-/// Why the edge stopped abnormally.
-#[derive(Debug, Error)]
-pub enum EdgeError {
-    #[error("listener: {0}")]
-    Listener(#[from] std::io::Error),
-}
 
 /// Readiness as `/readyz` reports it: false until serving, and again once draining.
 #[derive(Debug, Clone, Default)]
@@ -98,13 +90,9 @@ impl Edge {
 
     /// Serves clients on `listener` until `shutdown` fires, then drains: readiness goes false,
     /// the listener closes, connected clients are sent `goaway` + close 1001 in batches, and
-    /// whoever is still connected after `deadline` is closed at once.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-        deadline: Duration,
-    ) -> Result<(), EdgeError> {
+    /// whoever is still connected after `deadline` is closed at once. It cannot fail: a
+    /// failed accept (out of descriptors) is counted and retried, never fatal.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken, deadline: Duration) {
         let Edge { shared, runner, health } = self;
         let hub_stop = CancellationToken::new();
         let hub_task = tokio::spawn(shared.hub.clone().run(runner, hub_stop.clone()));
@@ -157,6 +145,5 @@ impl Edge {
         let _ = hub_task.await;
         let _ = watch_task.await;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "edge stopped");
-        Ok(())
     }
 }

@@ -33,10 +33,9 @@ pub async fn run_edge(
     let edge = Edge::new(config.edge, config.auth, bus);
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
-    let result = edge.run(listener, shutdown, config.shutdown_deadline).await;
+    edge.run(listener, shutdown, config.shutdown_deadline).await;
     admin_stop.cancel();
     let _ = admin_task.await;
-    result.context("edge")?;
     Ok(())
 }
 

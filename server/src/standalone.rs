@@ -56,13 +56,12 @@ pub async fn run(
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
 
-    let result = edge.run(listener, shutdown, config.shutdown_deadline).await;
+    edge.run(listener, shutdown, config.shutdown_deadline).await;
     router_stop.cancel();
     router_task.await.context("router task")?.context("router")?;
     store.flush().await.context("flush the store")?;
     drop(store);
     admin_stop.cancel();
     let _ = admin_task.await;
-    result.context("edge")?;
     Ok(())
 }

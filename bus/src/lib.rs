@@ -83,4 +83,9 @@ pub trait Bus: Send + Sync + 'static {
     /// Subscribes `sink` to `subject` (exact match), optionally in a queue group. When this
     /// returns, messages published afterwards reach the sink.
     async fn subscribe(&self, subject: &str, queue_group: Option<&str>, sink: Sink) -> Result<Subscription, BusError>;
+
+    /// Returns once everything published so far has left this process (NATS: the server
+    /// has processed it). A publish only queues: call this before the last handle drops at
+    /// shutdown, or the last replies and events may never be sent.
+    async fn flush(&self) -> Result<(), BusError>;
 }

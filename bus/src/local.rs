@@ -100,6 +100,11 @@ impl Drop for Unsubscribe {
 
 #[async_trait]
 impl Bus for LocalBus {
+    /// Delivery happens inside `publish`: nothing is ever pending.
+    async fn flush(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         if let Some(id) = subject.strip_prefix(INBOX_PREFIX).and_then(|s| s.parse::<u64>().ok()) {
             let waiter = self.inner.inboxes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);

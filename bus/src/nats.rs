@@ -265,6 +265,10 @@ impl Bus for NatsBus {
         self.client.publish(subject.to_owned(), payload).await.map_err(unavailable)
     }
 
+    async fn flush(&self) -> Result<(), BusError> {
+        self.confirm().await
+    }
+
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
         let request = Request::new().payload(payload).timeout(Some(timeout));
         // async-nats times only the wait for the answer; the outer timeout also bounds

@@ -294,9 +294,7 @@ async fn usage_and_run_errors_have_their_exit_codes() {
     let too_many = loadtest_line("--workers 1 idle --connections 40000").await;
     assert_eq!(too_many.code, 64, "{}", too_many.stderr);
     // Nothing listens on the port: the run cannot happen (exit 2), it does not hang.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = closed.local_addr().unwrap().to_string();
-    drop(closed);
+    let port = format!("127.0.0.1:{}", testkit::free_port());
     let down = loadtest_line(&format!("--edges {} --duration 1s direct --pairs 2 --rate 2", port)).await;
     assert_eq!(down.code, 2, "{}", down.stderr);
     assert!(down.stderr.contains("no connection opened"), "{}", down.stderr);
@@ -307,30 +305,23 @@ async fn a_worker_started_by_hand_joins_a_controller() {
     // The path a second machine takes: the controller waits on a known address and a worker
     // started separately (`loadtest worker --controller ...`) joins it.
     let n = node().await;
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", testkit::free_port());
     let args = format!(
         "--edges {} --workers 1 --remote-workers 1 --listen {listen} --duration 2s direct --pairs 10 --rate 40",
         n.ws
     );
     let controller = loadtest_line(&args);
-    let worker = async {
-        // Retry until the controller listens.
-        for _ in 0..100 {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
-                .args(["worker", "--controller", &listen])
-                .env("MESSENGER_JWT_SECRET", SECRET)
-                .kill_on_drop(true)
-                .output()
-                .await
-                .unwrap();
-            if out.status.success() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the worker never joined");
-    };
+    // Retry until the controller listens.
+    let worker = testkit::poll_until("the worker joins the controller", Duration::from_secs(30), async || {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+            .args(["worker", "--controller", &listen])
+            .env("MESSENGER_JWT_SECRET", SECRET)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        out.status.success()
+    });
     let (o, ()) = tokio::join!(controller, worker);
     assert_clean(&o);
     assert_eq!(o.report["workers"], 2);

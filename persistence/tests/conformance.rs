@@ -9,6 +9,7 @@ use persistence::{
     Append, Appended, Created, EmbeddedConfig, EmbeddedStore, Mutation, NewChat, Page, Store, StoreError,
 };
 use protocol::{ChatKind, EventBody, Role};
+use testkit::KeyspaceGuard;
 
 fn new_chat(id: u64, kind: ChatKind, creator: &str, others: &[&str]) -> NewChat {
     let mut members = vec![(creator.to_owned(), if kind == ChatKind::Direct { Role::Member } else { Role::Admin })];
@@ -56,11 +57,8 @@ pub async fn creates_chats_at_seq_1(store: Arc<dyn Store>) {
         store.create_chat(new_chat(21, ChatKind::Direct, "b", &["a"])).await.unwrap(),
         Created::Existing { chat: 20 }
     );
-    // An id in use is a retryable collision, not an overwrite.
-    assert!(matches!(
-        store.create_chat(new_chat(10, ChatKind::Group, "x", &[])).await,
-        Err(StoreError::Unavailable(_))
-    ));
+    // An id in use is a typed collision (the router draws another id), not an overwrite.
+    assert!(matches!(store.create_chat(new_chat(10, ChatKind::Group, "x", &[])).await, Err(StoreError::IdCollision)));
     let mut ids = store.chat_ids("a").await.unwrap();
     ids.sort();
     assert_eq!(ids, vec![10, 20]);
@@ -205,9 +203,9 @@ macro_rules! conformance {
                 ($name:ident) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $name() {
-                        let Some((store, guard)) = $open else { return };
+                        // Dropped last, when the test ends or fails: the store's directory or keyspace.
+                        let Some((store, _leftover)) = $open else { return };
                         super::$name(store).await;
-                        guard.cleanup().await;
                     }
                 };
             }
@@ -223,26 +221,12 @@ macro_rules! conformance {
     };
 }
 
-/// What a test leaves behind, removed when it passes.
+/// What a test leaves behind, removed when it ends: a test database holding hundreds of
+/// keyspaces (ten tables each) runs out of heap.
+#[allow(dead_code)] // held only to be dropped
 enum Leftover {
     Dir(tempfile::TempDir),
-    Keyspace(String, String),
-}
-
-impl Leftover {
-    /// Drops the test's keyspace: a test database holding hundreds of keyspaces (ten tables
-    /// each) runs out of heap.
-    async fn cleanup(self) {
-        match self {
-            Leftover::Dir(dir) => drop(dir),
-            Leftover::Keyspace(node, ks) => drop_keyspace(&node, &ks).await,
-        }
-    }
-}
-
-async fn drop_keyspace(node: &str, ks: &str) {
-    let session = scylla::client::session_builder::SessionBuilder::new().known_node(node).build().await.unwrap();
-    session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await.unwrap();
+    Keyspace(KeyspaceGuard),
 }
 
 fn embedded() -> Option<(Arc<dyn Store>, Leftover)> {
@@ -251,37 +235,14 @@ fn embedded() -> Option<(Arc<dyn Store>, Leftover)> {
     Some((Arc::new(store), Leftover::Dir(dir)))
 }
 
-/// The CQL database under test, from `MESSENGER_TEST_CQL` (`host:port`; `scripts/test.sh`
-/// starts one). In CI its absence is a failure, never a skip.
-pub fn cql_node() -> Option<String> {
-    match std::env::var("MESSENGER_TEST_CQL") {
-        Ok(node) if !node.is_empty() => Some(node),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but MESSENGER_TEST_CQL is unset: the CQL tests must run in CI")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: no CQL database (set MESSENGER_TEST_CQL=host:port, see scripts/cassandra/cassandra.sh)"
-            );
-            None
-        }
-    }
-}
-
-/// A fresh keyspace on the test database, so tests never see each other's data.
+/// A fresh keyspace on the test database (`MESSENGER_TEST_CQL`, `host:port`; `scripts/test.sh`
+/// starts one), so tests never see each other's data. In CI its absence is a failure, never a
+/// skip.
 async fn cql() -> Option<(Arc<dyn Store>, Leftover)> {
-    let node = cql_node()?;
-    let keyspace = format!("t_{:016x}", rand_u64());
-    let store =
-        persistence::CqlStore::connect(&persistence::CqlConfig::local(node.clone(), keyspace.clone())).await.unwrap();
-    Some((Arc::new(store), Leftover::Keyspace(node, keyspace)))
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
-    h.finish()
+    let guard = KeyspaceGuard::on_test_database("t")?;
+    let config = persistence::CqlConfig::local(guard.node.clone(), guard.keyspace.clone());
+    let store = persistence::CqlStore::connect(&config).await.unwrap();
+    Some((Arc::new(store), Leftover::Keyspace(guard)))
 }
 
 conformance!(embedded_store, embedded());
@@ -291,9 +252,8 @@ conformance!(cql_store, cql().await);
 /// claimed once, none is skipped, and every message is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cql_racing_writers_never_share_or_skip_a_seq() {
-    let Some(node) = cql_node() else { return };
-    let keyspace = format!("t_{:016x}", rand_u64());
-    let config = persistence::CqlConfig::local(node, keyspace);
+    let Some(ks) = KeyspaceGuard::on_test_database("t") else { return };
+    let config = persistence::CqlConfig::local(ks.node.clone(), ks.keyspace.clone());
     let a: Arc<dyn Store> = Arc::new(persistence::CqlStore::connect(&config).await.unwrap());
     let b: Arc<dyn Store> = Arc::new(persistence::CqlStore::connect(&config).await.unwrap());
     a.create_chat(new_chat(7, ChatKind::Group, "a", &[])).await.unwrap();
@@ -344,7 +304,6 @@ async fn cql_racing_writers_never_share_or_skip_a_seq() {
         }
     }
     assert_eq!(stored.len(), 160);
-    drop_keyspace(&config.nodes[0], &config.keyspace).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,8 +324,8 @@ async fn embedded_store_survives_reopen() {
 /// With tiny partitions (4 events), history pages and head discovery cross partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cql_history_and_heads_cross_partitions() {
-    let Some(node) = cql_node() else { return };
-    let mut config = persistence::CqlConfig::local(node, format!("t_{:016x}", rand_u64()));
+    let Some(ks) = KeyspaceGuard::on_test_database("t") else { return };
+    let mut config = persistence::CqlConfig::local(ks.node.clone(), ks.keyspace.clone());
     config.events_per_bucket = 4;
     let store = persistence::CqlStore::connect(&config).await.unwrap();
     store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
@@ -385,20 +344,19 @@ async fn cql_history_and_heads_cross_partitions() {
     config.events_per_bucket = 1000;
     let other = persistence::CqlStore::connect(&config).await.unwrap();
     assert_eq!(seqs(other.history(1, Page::Latest { limit: 3 }).await.unwrap()), ((29..=31).collect(), true));
-    drop_keyspace(&config.nodes[0], &config.keyspace).await;
 }
 
 /// A writer that died between claiming a seq and writing the event's side effects: the next
 /// writer completes them, so a retry of that send is a duplicate, not a second message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cql_side_effects_of_a_crashed_append_are_replayed() {
-    let Some(node) = cql_node() else { return };
-    let keyspace = format!("t_{:016x}", rand_u64());
+    let Some(ks) = KeyspaceGuard::on_test_database("t") else { return };
+    let (node, keyspace) = (&ks.node, &ks.keyspace);
     let config = persistence::CqlConfig::local(node.clone(), keyspace.clone());
     let store = persistence::CqlStore::connect(&config).await.unwrap();
     store.create_chat(new_chat(1, ChatKind::Group, "a", &[])).await.unwrap();
     // Play the crashed writer: claim seq 2 directly, with no idempotency record and no hint.
-    let session = scylla::client::session_builder::SessionBuilder::new().known_node(&node).build().await.unwrap();
+    let session = scylla::client::session_builder::SessionBuilder::new().known_node(node).build().await.unwrap();
     let event = protocol::Event {
         seq: 2,
         ts: 5,
@@ -425,5 +383,4 @@ async fn cql_side_effects_of_a_crashed_append_are_replayed() {
     );
     assert_eq!(new_seq(fresh.append(message(1, "a", "next", "x")).await.unwrap()), 3);
     assert_eq!(fresh.chat(1).await.unwrap().unwrap().last_seq, 3);
-    drop_keyspace(&node, &keyspace).await;
 }

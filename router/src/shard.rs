@@ -393,7 +393,9 @@ mod tests {
         h.nothing_held().await;
         let _ = before.release.send(());
         let added = h.held().await;
-        assert!(matches!(&added.mutation, Some(Mutation::AddMembers { users, .. }) if users == &["newcomer".to_string()]));
+        assert!(
+            matches!(&added.mutation, Some(Mutation::AddMembers { users, .. }) if users == &["newcomer".to_string()])
+        );
         // The newcomer's first send must be judged after the add, not refused as a non-member.
         h.submit(2, "newcomer", send("hello")).await;
         h.nothing_held().await;
@@ -415,7 +417,11 @@ mod tests {
     async fn each_request_reads_each_fact_once_and_refusals_write_nothing() {
         let mut h = harness().await;
         let reads = |h: &Harness| {
-            (h.reads.chat.load(Ordering::SeqCst), h.reads.role.load(Ordering::SeqCst), h.reads.event.load(Ordering::SeqCst))
+            (
+                h.reads.chat.load(Ordering::SeqCst),
+                h.reads.role.load(Ordering::SeqCst),
+                h.reads.event.load(Ordering::SeqCst),
+            )
         };
         h.submit(0, "member", send("a")).await;
         let _ = h.held().await.release.send(());

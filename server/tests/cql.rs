@@ -19,7 +19,7 @@ fn keyspace() -> String {
 fn start_on(node: &str, ks: &str, extra: &[&str]) -> (KeyspaceGuard, TestServer) {
     let mut args = vec!["--store", "cql", "--cql-nodes", node, "--cql-keyspace", ks];
     args.extend_from_slice(extra);
-    (KeyspaceGuard { node: node.to_owned(), keyspace: ks.to_owned() }, TestServer::start(&args))
+    (KeyspaceGuard::new(node, ks), TestServer::start(&args))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

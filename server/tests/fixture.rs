@@ -1,14 +1,18 @@
 //! A real `messenger standalone` process on free ports, in a temporary data directory,
 //! killed when dropped. Each test binary uses part of it.
+//!
+//! The servers it needs (NATS, a CQL keyspace), free ports, tokens and polling come from the
+//! `testkit` crate; this file holds only what is about the messenger binary.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use client::Client;
 use protocol::{ChatId, Encoding, ServerFrame};
+pub use testkit::{KeyspaceGuard, NatsServer, cql_node, unique_keyspace};
 
 pub use protocol::Encoding::{Bincode, Json};
 
@@ -26,7 +30,7 @@ pub struct TestServer {
     edges: Vec<String>,
     next_edge: std::sync::atomic::AtomicUsize,
     behind: Vec<TestServer>,
-    nats: Option<TestNats>,
+    nats: Option<NatsServer>,
     keyspace: Option<KeyspaceGuard>,
 }
 
@@ -60,7 +64,7 @@ impl TestServer {
     pub fn start_cluster(edge_args: &[&str]) -> TestServer {
         const SECRET: &str = "cluster-test-secret-cluster-test-secret";
         let cql = cql_node().expect("MESSENGER_TEST_TOPOLOGY=cluster needs MESSENGER_TEST_CQL");
-        let nats = TestNats::required();
+        let nats = NatsServer::required();
         let keyspace = unique_keyspace("t");
         let mut behind: Vec<TestServer> =
             (0..2).map(|_| TestServer::start_router(&nats.url(), &cql, &keyspace)).collect();
@@ -75,7 +79,7 @@ impl TestServer {
         front._temp = Some(temp);
         front.behind = behind;
         front.nats = Some(nats);
-        front.keyspace = Some(KeyspaceGuard { node: cql, keyspace });
+        front.keyspace = Some(KeyspaceGuard::new(&cql, &keyspace));
         front
     }
 
@@ -145,7 +149,7 @@ impl TestServer {
 
     /// A token for `user`, valid for an hour.
     pub fn token(&self, user: &str) -> String {
-        server::token::mint(self.secret.as_bytes(), user, Duration::from_secs(3600)).expect("mint")
+        testkit::mint_token(self.secret.as_bytes(), user, Duration::from_secs(3600))
     }
 
     /// Connects `user`, waits for hello, sends an empty resume.
@@ -176,18 +180,10 @@ impl TestServer {
 
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
         let child = self.child.as_mut()?;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = testkit::wait::try_wait_for(within, || child.try_wait().ok().flatten()).ok()?;
+        self.child = None;
+        Some(status)
     }
 
     /// GET on the admin port: (status code, body).
@@ -208,19 +204,13 @@ impl TestServer {
 /// ready a moment later.
 fn wait_ready(admin: &str) {
     use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(admin) {
-            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            if buf.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("server at {admin} never became ready");
+    testkit::wait_for(&format!("server at {admin} ready"), Duration::from_secs(30), || {
+        let mut s = std::net::TcpStream::connect(admin).ok()?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200").then_some(())
+    });
 }
 
 impl Drop for TestServer {
@@ -266,137 +256,4 @@ pub fn events_of(frames: &[ServerFrame], chat: ChatId) -> Vec<protocol::Event> {
             _ => None,
         })
         .collect()
-}
-
-/// A real nats-server on free ports (client and monitoring), killed when dropped.
-pub struct TestNats {
-    child: Option<Child>,
-    pub port: u16,
-    pub monitor: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-impl TestNats {
-    /// Starts nats-server, or returns `None` (loudly) when it is not installed outside CI.
-    pub fn start() -> Option<TestNats> {
-        let bin = ["nats-server", "/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("--version").stdout(Stdio::null()).status().is_ok())?;
-        let (port, monitor) = (free_port(), free_port());
-        let mut nats = TestNats { child: None, port, monitor };
-        nats.spawn(bin);
-        Some(nats)
-    }
-
-    /// Whether tests needing NATS must run: in CI they never skip.
-    pub fn required() -> TestNats {
-        match TestNats::start() {
-            Some(n) => n,
-            None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("CI=true but nats-server is not installed")
-            }
-            None => panic!("nats-server is not installed (apt-get install nats-server)"),
-        }
-    }
-
-    fn spawn(&mut self, bin: &str) {
-        let child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server (SIGKILL) and starts it again on the same ports.
-    pub fn restart(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.spawn("nats-server");
-    }
-
-    /// (in_msgs, out_msgs) from the monitoring endpoint.
-    pub fn counts(&self) -> (u64, u64) {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.monitor)).expect("monitor");
-        s.write_all(b"GET /varz HTTP/1.0\r\n\r\n").expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        let field = |name: &str| -> u64 {
-            let key = format!("\"{name}\":");
-            let at = body.find(&key).expect("varz field") + key.len();
-            body[at..].trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap_or("0").parse().unwrap_or(0)
-        };
-        (field("in_msgs"), field("out_msgs"))
-    }
-}
-
-impl Drop for TestNats {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The test database (`MESSENGER_TEST_CQL`, started by `scripts/test.sh`); required in CI.
-pub fn cql_node() -> Option<String> {
-    match std::env::var("MESSENGER_TEST_CQL") {
-        Ok(node) if !node.is_empty() => Some(node),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but MESSENGER_TEST_CQL is unset: the CQL tests must run in CI")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED: no CQL database (set MESSENGER_TEST_CQL=host:port, see scripts/cassandra/cassandra.sh)"
-            );
-            None
-        }
-    }
-}
-
-/// A keyspace name no other test uses.
-pub fn unique_keyspace(prefix: &str) -> String {
-    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
-    format!("{prefix}_{}_{micros}", std::process::id())
-}
-
-/// Drops a test keyspace when dropped: a test database that accumulates keyspaces (ten
-/// tables each) runs out of heap. Runs on its own thread and runtime, since drops happen
-/// inside the test's runtime.
-pub struct KeyspaceGuard {
-    pub node: String,
-    pub keyspace: String,
-}
-
-impl Drop for KeyspaceGuard {
-    fn drop(&mut self) {
-        let (node, ks) = (self.node.clone(), self.keyspace.clone());
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
-            rt.block_on(async {
-                let session = scylla::client::session_builder::SessionBuilder::new().known_node(&node).build().await;
-                if let Ok(session) = session {
-                    let _ = session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ()).await;
-                }
-            });
-        })
-        .join();
-    }
 }

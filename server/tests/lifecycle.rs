@@ -22,8 +22,10 @@ async fn sigterm_sends_goaway_and_1001_then_exits_zero() {
     }
     server.signal("TERM");
     // Draining: not ready for new clients (three batches, 700 ms apart, leave time to look).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(server.admin_get("/readyz").await.0, 503);
+    testkit::poll_until("the draining node reports not ready", Duration::from_secs(1), async || {
+        server.admin_get("/readyz").await.0 == 503
+    })
+    .await;
     assert_eq!(server.admin_get("/healthz").await.0, 200);
     for c in &mut clients {
         match c.recv().await.unwrap() {

@@ -41,17 +41,7 @@ async fn bad_tokens_close_with_4001_and_silence_with_4002() {
         assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(4001));
         // Expired token (beyond the 30 s leeway).
         let secret = std::fs::read_to_string(server.dir.join("dev-jwt-secret")).unwrap();
-        #[derive(serde::Serialize)]
-        struct C {
-            sub: &'static str,
-            exp: u64,
-        }
-        let expired = jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &C { sub: "alice", exp: 1_000_000 },
-            &jsonwebtoken::EncodingKey::from_secret(secret.trim().as_bytes()),
-        )
-        .unwrap();
+        let expired = testkit::mint_expired_token(secret.trim().as_bytes(), "alice");
         let mut c = Client::open(&server.ws, Some(&expired), TokenIn::Header, enc).await.unwrap();
         assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(4001));
         // A request before auth: error frame, then 4001.

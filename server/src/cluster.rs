@@ -30,10 +30,11 @@ pub async fn run_edge(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
-    let edge = Edge::new(config.edge, config.auth, bus);
+    let edge = Edge::new(config.edge, config.auth, bus.clone());
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
     edge.run(listener, shutdown, config.shutdown_deadline).await;
+    flush(&*bus).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     Ok(())
@@ -59,7 +60,7 @@ pub async fn run_router(
     let admin_task = tokio::spawn(edge::admin::serve(admin, health.clone(), render, admin_stop.clone()));
     let store: Arc<dyn Store> = Arc::new(CqlStore::connect(&config.cql).await.context("connect to the CQL database")?);
     let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
-    let router = Router::new(store, bus, config.router).bind().await.context("subscribe")?;
+    let router = Router::new(store, bus.clone(), config.router).bind().await.context("subscribe")?;
     health.set_ready(true);
     let stop = CancellationToken::new();
     let task = tokio::spawn(router.run(stop.clone()));
@@ -70,7 +71,21 @@ pub async fn run_router(
         Ok(joined) => joined.context("router task")?.context("router")?,
         Err(_) => tracing::warn!("shutdown deadline passed with requests in flight"),
     }
+    flush(&*bus).await;
     admin_stop.cancel();
     let _ = admin_task.await;
     Ok(())
+}
+
+/// How long a stopping process waits for its last publishes to reach NATS.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends what is still queued for NATS (the last replies, events, the stopping heartbeat):
+/// a publish only queues, and the connection drops what it has not written when it closes.
+async fn flush(bus: &dyn Bus) {
+    match tokio::time::timeout(FLUSH_TIMEOUT, bus.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "last publishes not confirmed by NATS"),
+        Err(_) => tracing::warn!("last publishes not confirmed by NATS within {FLUSH_TIMEOUT:?}"),
+    }
 }

@@ -25,6 +25,11 @@ pub struct EdgeConfig {
     pub auth_timeout: Duration,
     /// Close (4010) when nothing arrives from the client for this long.
     pub idle_timeout: Duration,
+    /// Longest time one write to a client's socket may wait (the client not reading, its
+    /// receive window and our send buffer full). Past it the connection is closed as a slow
+    /// consumer (4009): a peer that stops reading is gone within this plus the close grace
+    /// (10 s), whatever the kernel buffers hold, and never pins its task and buffers.
+    pub write_timeout: Duration,
     /// Flood limits per connection.
     pub flood: FloodLimits,
     /// Requests from one connection awaiting the router at once; reading pauses beyond it.
@@ -49,6 +54,7 @@ impl Default for EdgeConfig {
             outbound_queue_bytes: 1024 * 1024,
             auth_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
+            write_timeout: Duration::from_secs(10),
             flood: FloodLimits {
                 requests_per_second: 50,
                 request_burst: 200,

@@ -122,7 +122,7 @@ pub(crate) async fn serve(
             reconnect_after_ms: shared.config.reconnect_after.as_millis() as u64,
             reason: "draining".into(),
         };
-        let _ = ws.send(encode(encoding, &frame)).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, ws.send(encode(encoding, &frame))).await;
         close(&mut ws, CloseCode::GoingAway).await;
         return;
     }
@@ -170,8 +170,8 @@ impl Connection {
             heartbeat_ms: (self.shared.config.idle_timeout / 2).as_millis() as u64,
             max_frame_bytes: self.shared.config.max_frame_bytes as u64,
         };
-        if self.ws.send(encode(self.encoding, &hello)).await.is_err() {
-            return CloseCode::Normal;
+        if let Err(code) = self.write(vec![encode(self.encoding, &hello)]).await {
+            return code;
         }
         let idle = self.shared.config.idle_timeout;
         let idle_timer = tokio::time::sleep(idle);
@@ -230,6 +230,8 @@ impl Connection {
             }
         }
         let outbox = self.outbox.clone();
+        let deadline = tokio::time::sleep(self.shared.config.write_timeout);
+        tokio::pin!(deadline);
         let write = write_all(&mut self.ws, to_write);
         tokio::pin!(write);
         let result = loop {
@@ -240,6 +242,7 @@ impl Connection {
                         return Step::Close(CloseCode::SlowConsumer);
                     }
                 }
+                _ = &mut deadline => return Step::Close(stalled()),
             }
         };
         if result.is_err() {
@@ -292,8 +295,19 @@ impl Connection {
         Step::Close(CloseCode::GoingAway)
     }
 
-    async fn send_now(&mut self, frame: &ServerFrame) -> Result<(), WsError> {
-        self.ws.send(encode(self.encoding, frame)).await
+    async fn send_now(&mut self, frame: &ServerFrame) -> Result<(), CloseCode> {
+        let message = encode(self.encoding, frame);
+        self.write(vec![message]).await
+    }
+
+    /// Writes `messages` within the write deadline. A peer that stops reading cannot hold
+    /// the task, its buffers and its socket past [`crate::EdgeConfig::write_timeout`].
+    async fn write(&mut self, messages: Vec<Message>) -> Result<(), CloseCode> {
+        match tokio::time::timeout(self.shared.config.write_timeout, write_all(&mut self.ws, messages)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseCode::Normal),
+            Err(_) => Err(stalled()),
+        }
     }
 
     async fn on_message(&mut self, msg: Message) -> Step {
@@ -361,17 +375,18 @@ impl Connection {
                 let op = RouterOp::History { chat, before: None, after: Some(after), limit: MAX_HISTORY_PAGE };
                 match self.shared.router.call(&self.user, op, timeout).await {
                     RouterReply::History { events, more, last_seq } => {
+                        // One page at a time: what the catch-up holds is one page
+                        // (at most MAX_HISTORY_PAGE_BYTES of text), written within the deadline.
+                        let mut page = Vec::with_capacity(events.len());
                         for event in events {
                             if event.seq <= after {
                                 continue;
                             }
                             after = event.seq;
-                            if self.ws.feed(encode(self.encoding, &ServerFrame::Event { chat, event })).await.is_err() {
-                                return Step::Close(CloseCode::Normal);
-                            }
+                            page.push(encode(self.encoding, &ServerFrame::Event { chat, event }));
                         }
-                        if self.ws.flush().await.is_err() {
-                            return Step::Close(CloseCode::Normal);
+                        if let Err(code) = self.write(page).await {
+                            return Step::Close(code);
                         }
                         if !more {
                             // A cursor beyond the chat's end (a client bug, or a store restored
@@ -383,28 +398,28 @@ impl Connection {
                     other => {
                         // This chat is not resumed (not found, or the store is unavailable):
                         // an error instead of `resumed`; the client may retry it.
-                        if self.send_now(&reply_frame(req, Some(chat), other)).await.is_err() {
-                            return Step::Close(CloseCode::Normal);
+                        if let Err(code) = self.send_now(&reply_frame(req, Some(chat), other)).await {
+                            return Step::Close(code);
                         }
                         continue 'chats;
                     }
                 }
             }
             self.session.resumed(chat, after);
-            if self.send_now(&ServerFrame::Resumed { req, chat, last_seq: after }).await.is_err() {
-                return Step::Close(CloseCode::Normal);
+            if let Err(code) = self.send_now(&ServerFrame::Resumed { req, chat, last_seq: after }).await {
+                return Step::Close(code);
             }
         }
         // Release what was held since `hello`: the next flush writes it through the
         // per-chat high-water marks set above.
         let held = self.session.release();
         let to_write: Vec<Message> = held.into_iter().filter_map(|item| self.admit(item)).collect();
-        if write_all(&mut self.ws, to_write).await.is_err() {
-            return Step::Close(CloseCode::Normal);
+        if let Err(code) = self.write(to_write).await {
+            return Step::Close(code);
         }
         // The end of the resume, even of an empty one.
-        if self.send_now(&ServerFrame::Ok { req }).await.is_err() {
-            return Step::Close(CloseCode::Normal);
+        if let Err(code) = self.send_now(&ServerFrame::Ok { req }).await {
+            return Step::Close(code);
         }
         Step::Continue
     }
@@ -418,6 +433,13 @@ async fn write_all(ws: &mut Ws, messages: Vec<Message>) -> Result<(), WsError> {
         ws.feed(m).await?;
     }
     ws.flush().await
+}
+
+/// A write missed its deadline: the peer stopped reading. It is closed as a slow consumer
+/// (4009) and resumes from its cursors.
+fn stalled() -> CloseCode {
+    metrics::counter!("edge_write_timeouts_total").increment(1);
+    CloseCode::SlowConsumer
 }
 
 fn read_error(err: &WsError) -> CloseCode {

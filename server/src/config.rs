@@ -247,6 +247,10 @@ pub struct EdgeArgs {
     /// Close a connection that sends nothing for this long.
     #[arg(long, env = "MESSENGER_IDLE_TIMEOUT", default_value_t = Span(EdgeConfig::default().idle_timeout))]
     pub idle_timeout: Span,
+    /// Longest wait of one write to a client that does not read; past it the connection
+    /// is closed as a slow consumer (4009).
+    #[arg(long, env = "MESSENGER_WRITE_TIMEOUT", default_value_t = Span(EdgeConfig::default().write_timeout))]
+    pub write_timeout: Span,
     /// Requests per second per connection (sustained).
     #[arg(long, env = "MESSENGER_RATE_REQUESTS_PER_SECOND", default_value_t = EdgeConfig::default().flood.requests_per_second)]
     pub rate_requests_per_second: u32,
@@ -296,6 +300,9 @@ impl EdgeArgs {
         if self.rate_ephemeral_per_second == 0 || self.rate_ephemeral_burst == 0 {
             return Err("ephemeral rate limits must be positive".into());
         }
+        if self.write_timeout.0 < Duration::from_secs(1) || self.write_timeout.0 > Duration::from_secs(300) {
+            return Err("--write-timeout must be between 1s and 5m".into());
+        }
         if self.idle_timeout.0 < Duration::from_secs(2) {
             return Err("--idle-timeout must be at least 2s".into());
         }
@@ -313,6 +320,7 @@ impl EdgeArgs {
             outbound_queue_bytes: self.outbound_queue_bytes,
             auth_timeout: self.auth_timeout.0,
             idle_timeout: self.idle_timeout.0,
+            write_timeout: self.write_timeout.0,
             flood: FloodLimits {
                 requests_per_second: self.rate_requests_per_second,
                 request_burst: self.rate_request_burst,

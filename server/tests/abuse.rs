@@ -160,3 +160,50 @@ async fn a_slow_reader_is_closed_with_4009_and_resumes_without_loss() {
         assert_eq!(seqs, ((seen + 1)..=last).collect::<Vec<_>>());
     }
 }
+
+/// A client that stops reading is closed as a slow consumer by the write deadline, even
+/// when its outbound queue never fills: the queue here is 256 MiB and only 20 MiB are sent,
+/// so without the deadline the server would hold the connection (and the 20 MiB) for as long
+/// as the client stays silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
+    let server = TestServer::start(&[
+        "--write-timeout",
+        "1s",
+        "--outbound-queue-bytes",
+        "268435456",
+        "--rate-requests-per-second",
+        "100000",
+        "--rate-request-burst",
+        "100000",
+    ]);
+    let mut sender = server.connect("alice", Json).await;
+    let chat = created(&sender.create_chat(ChatKind::Group, "flood", &["victim"]).await.unwrap());
+    // Resumed, subscribed, and from now on never read.
+    let mut victim = server.connect("victim", Json).await;
+    let body = "x".repeat(protocol::limits::MAX_BODY_BYTES);
+    const SENDS: usize = 1280; // 20 MiB of text
+    for i in 0..SENDS {
+        let ack = sender.send_message(chat, &format!("m{i}"), &body).await.unwrap();
+        acked(&ack);
+        // The sender's own copies of the events: read them, so that only the victim lags.
+        let _ = sender.drain(Duration::ZERO).await;
+    }
+    // The victim's socket buffers fill, one write waits past the 1 s deadline, and the close
+    // (which cannot be written either) is given up after its 10 s grace. Generous: if the
+    // victim starts reading before the server gave up, the test cannot tell the difference.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let mut events = 0;
+    let end = loop {
+        match victim.recv_within(Duration::from_secs(10)).await {
+            Ok(ServerFrame::Event { .. }) => events += 1,
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(events < SENDS, "the connection was kept and every event delivered ({events} of {SENDS})");
+    assert!(!matches!(end, client::ClientError::Timeout), "the connection stayed open after {events} events");
+    // Everyone else is fine.
+    let mut c = server.connect("carol", Json).await;
+    assert!(matches!(c.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
+}

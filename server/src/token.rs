@@ -30,7 +30,8 @@ pub fn dev_secret(data_dir: &Path, create: bool) -> anyhow::Result<String> {
     match std::fs::read_to_string(&path) {
         Ok(s) => Ok(s.trim().to_owned()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+            persistence::embedded::create_private_dir(data_dir)
+                .with_context(|| format!("create {}", data_dir.display()))?;
             let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
             write_private(&path, &secret).with_context(|| format!("write {}", path.display()))?;
             Ok(secret)

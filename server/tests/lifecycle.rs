@@ -185,3 +185,21 @@ fn bad_configuration_exits_64() {
         assert_eq!(status.code(), Some(64), "{args:?}");
     }
 }
+
+/// The data directory holds every message in plain text: a new one, and the parents the node
+/// creates for it, are owner-only; the files in it too.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_data_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("fresh").join("data");
+    let _server = TestServer::start_in(&data, &[]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&temp.path().join("fresh")), 0o700);
+    assert_eq!(mode(&data), 0o700);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use protocol::limits::MAX_CLIENT_FRAME_BYTES;
 use protocol::ratelimit::FloodLimits;
+
+use crate::admission::AdmissionConfig;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// Edge settings. `Default` gives the documented defaults (see `docs/operations.md`).
@@ -43,6 +45,8 @@ pub struct EdgeConfig {
     pub drain_interval: Duration,
     /// The delay clients are told to wait before reconnecting after a `goaway`.
     pub reconnect_after: Duration,
+    /// Connection caps and connect rates.
+    pub admission: AdmissionConfig,
 }
 
 impl Default for EdgeConfig {
@@ -68,6 +72,7 @@ impl Default for EdgeConfig {
             drain_batch: 1000,
             drain_interval: Duration::from_millis(100),
             reconnect_after: Duration::from_millis(500),
+            admission: AdmissionConfig::default(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! freed after.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::Services;
-use crate::handshake::{Ws, authenticate, upgrade};
+use crate::handshake::{UserTicket, Ws, authenticate, upgrade};
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
 use crate::session::{Action, Holding, Session, action, reply_frame};
@@ -85,6 +86,7 @@ async fn close(ws: &mut Ws, code: CloseCode) {
 /// Serves one accepted TCP connection to its end.
 pub(crate) async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     id: ConnId,
     shared: Arc<Services>,
     draining: CancellationToken,
@@ -92,7 +94,7 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
-    let Some((mut ws, upgrade)) = upgrade(stream, &shared, deadline).await else { return };
+    let Some((mut ws, upgrade)) = upgrade(stream, peer, &shared, deadline).await else { return };
     let encoding = upgrade.encoding.unwrap_or(Encoding::Json);
     if draining.is_cancelled() {
         close(&mut ws, CloseCode::GoingAway).await;
@@ -100,6 +102,13 @@ pub(crate) async fn serve(
     }
     let user = match authenticate(&mut ws, &shared, encoding, upgrade.token, deadline, now_secs).await {
         Ok(user) => user,
+        Err(code) => {
+            close(&mut ws, code).await;
+            return;
+        }
+    };
+    let _device = match UserTicket::take(&shared, &user) {
+        Ok(ticket) => ticket,
         Err(code) => {
             close(&mut ws, code).await;
             return;

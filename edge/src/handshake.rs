@@ -1,6 +1,10 @@
 //! A connection's first moments: the WebSocket upgrade (subprotocol, token in the request)
 //! and authentication (from the upgrade, or the first frame), within one deadline.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
 use futures_util::{SinkExt, StreamExt};
 use protocol::codec::decode_client;
 use protocol::{ClientFrame, CloseCode, Encoding, ErrorCode, ServerFrame};
@@ -11,27 +15,85 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::Services;
+use crate::admission::client_ip;
 use crate::connection::encode;
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// What the upgrade request carried.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Upgrade {
     pub encoding: Option<Encoding>,
     pub token: Option<String>,
+    /// The connection's place in the node's and its address's caps, given back on drop.
+    pub admitted: Option<IpTicket>,
 }
 
-/// Upgrades the socket before `deadline`; `None` when the handshake failed (counted).
+/// One admitted connection of a client address; released when dropped.
+pub(crate) struct IpTicket {
+    services: Arc<Services>,
+    ip: IpAddr,
+}
+
+impl Drop for IpTicket {
+    fn drop(&mut self) {
+        self.services.admission().release(self.ip);
+    }
+}
+
+/// One of a user's connections (devices) on this node; released when dropped.
+pub(crate) struct UserTicket {
+    services: Arc<Services>,
+    user: String,
+}
+
+impl UserTicket {
+    /// Takes a place among `user`'s connections, or refuses with 4011.
+    pub(crate) fn take(services: &Arc<Services>, user: &str) -> Result<UserTicket, CloseCode> {
+        match services.admission().admit_user(user) {
+            Ok(()) => Ok(UserTicket { services: services.clone(), user: user.to_owned() }),
+            Err(refusal) => {
+                metrics::counter!("edge_admission_refusals_total", "reason" => refusal.label()).increment(1);
+                Err(CloseCode::TooManyConnections)
+            }
+        }
+    }
+}
+
+impl Drop for UserTicket {
+    fn drop(&mut self) {
+        self.services.admission().release_user(&self.user);
+    }
+}
+
+/// Upgrades the socket before `deadline`; `None` when the handshake failed or the
+/// connection was refused (both counted).
 pub(crate) async fn upgrade(
     stream: TcpStream,
-    shared: &Services,
+    peer: SocketAddr,
+    shared: &Arc<Services>,
     deadline: tokio::time::Instant,
 ) -> Option<(Ws, Upgrade)> {
     let mut upgrade = Upgrade::default();
     // The error type is tungstenite's; its size is not ours to choose.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        // Admission first: a refused client costs no subprotocol or token work.
+        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let ip = {
+            let mut admission = shared.admission();
+            let ip = client_ip(peer.ip(), forwarded, &admission.config().trusted_proxies);
+            if let Err(refusal) = admission.admit(ip, Instant::now()) {
+                drop(admission);
+                metrics::counter!("edge_admission_refusals_total", "reason" => refusal.label()).increment(1);
+                let mut err = ErrorResponse::new(Some(format!("connection refused: {}", refusal.label())));
+                *err.status_mut() = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                err.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+                return Err(err);
+            }
+            ip
+        };
+        upgrade.admitted = Some(IpTicket { services: shared.clone(), ip });
         let offered: Vec<&str> = req
             .headers()
             .get_all("sec-websocket-protocol")

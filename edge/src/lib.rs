@@ -7,6 +7,7 @@
 //!
 //! Layout:
 //! - [`config`]: every limit and timeout ([`EdgeConfig`]), including the tungstenite settings.
+//! - [`admission`]: connection caps (node, client address, user) and connect rates (pure).
 //! - [`auth`]: JWT verification with an algorithm allow-list (pure).
 //! - [`order`]: per-chat gap-free ordering decisions (pure).
 //! - [`outbox`]: per-connection outbound queue, bounded in bytes.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod config;
 mod connection;
@@ -67,6 +69,16 @@ pub(crate) struct Services {
     auth: Authenticator,
     router: rpc::RouterClient,
     hub: Arc<Hub>,
+    /// Connection caps and connect rates; held briefly per connect and per disconnect.
+    admission: std::sync::Mutex<admission::Admission>,
+}
+
+impl Services {
+    /// The admission state; a poisoned lock still holds correct counts (every update is one
+    /// step), so it is used as it is.
+    fn admission(&self) -> std::sync::MutexGuard<'_, admission::Admission> {
+        self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// An edge node.
@@ -80,7 +92,9 @@ impl Edge {
     pub fn new(config: EdgeConfig, auth: Authenticator, bus: Arc<dyn Bus>) -> Self {
         let router = rpc::RouterClient::new(bus);
         let (hub, runner) = Hub::new(router.clone(), config.bus_inbox_capacity, config.outbound_queue_bytes);
-        Edge { shared: Arc::new(Services { config, auth, router, hub }), runner, health: Health::default() }
+        let admission =
+            std::sync::Mutex::new(admission::Admission::new(config.admission.clone(), std::time::Instant::now()));
+        Edge { shared: Arc::new(Services { config, auth, router, hub, admission }), runner, health: Health::default() }
     }
 
     /// The readiness flag this edge maintains.
@@ -104,7 +118,7 @@ impl Edge {
         health.set_ready(true);
         tracing::info!(addr = ?listener.local_addr().ok(), "edge listening");
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -119,7 +133,7 @@ impl Edge {
                 },
             };
             let id = next_id.fetch_add(1, Ordering::Relaxed);
-            tracker.spawn(connection::serve(stream, id, shared.clone(), draining.clone(), force.clone()));
+            tracker.spawn(connection::serve(stream, peer, id, shared.clone(), draining.clone(), force.clone()));
         }
         health.set_ready(false);
         drop(listener);

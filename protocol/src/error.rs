@@ -81,6 +81,9 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4010: nothing was received within the idle timeout (send `ping` frames).
     IdleTimeout,
+    /// 4011: this user already holds as many connections (devices) on the node as allowed.
+    /// Close another device's connection, or retry later.
+    TooManyConnections,
 }
 
 impl CloseCode {
@@ -97,6 +100,7 @@ impl CloseCode {
             CloseCode::RateLimited => 4008,
             CloseCode::SlowConsumer => 4009,
             CloseCode::IdleTimeout => 4010,
+            CloseCode::TooManyConnections => 4011,
         }
     }
 
@@ -113,6 +117,7 @@ impl CloseCode {
             CloseCode::RateLimited => "rate_limited",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::IdleTimeout => "idle_timeout",
+            CloseCode::TooManyConnections => "too_many_connections",
         }
     }
 }

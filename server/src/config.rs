@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use edge::EdgeConfig;
+use edge::admission::{AdmissionConfig, Cidr};
 use persistence::EmbeddedConfig;
 use protocol::limits::MAX_CLIENT_FRAME_BYTES;
 use protocol::ratelimit::FloodLimits;
@@ -272,6 +273,32 @@ pub struct EdgeArgs {
     /// Time a request may wait for the router.
     #[arg(long, env = "MESSENGER_REQUEST_TIMEOUT", default_value_t = Span(EdgeConfig::default().request_timeout))]
     pub request_timeout: Span,
+    /// Connections this node holds at most; more are refused at the upgrade with HTTP 503.
+    #[arg(long, env = "MESSENGER_MAX_CONNECTIONS", default_value_t = AdmissionConfig::default().max_connections)]
+    pub max_connections: usize,
+    /// Connections from one client address at most (HTTP 503 past it). Generous: a
+    /// carrier-grade NAT puts many phones behind one address.
+    #[arg(long, env = "MESSENGER_MAX_CONNECTIONS_PER_IP", default_value_t = AdmissionConfig::default().max_connections_per_ip)]
+    pub max_connections_per_ip: usize,
+    /// Connections (devices) of one user on this node at most; past it, close 4011.
+    #[arg(long, env = "MESSENGER_MAX_CONNECTIONS_PER_USER", default_value_t = AdmissionConfig::default().max_connections_per_user)]
+    pub max_connections_per_user: usize,
+    /// New connections per second the node accepts (sustained); HTTP 429 past it.
+    #[arg(long, env = "MESSENGER_CONNECT_RATE", default_value_t = AdmissionConfig::default().node_connect_rate)]
+    pub connect_rate: u32,
+    /// Burst of new connections above the node's rate.
+    #[arg(long, env = "MESSENGER_CONNECT_BURST", default_value_t = AdmissionConfig::default().node_connect_burst)]
+    pub connect_burst: u32,
+    /// New connections per second from one client address (sustained); HTTP 429 past it.
+    #[arg(long, env = "MESSENGER_CONNECT_RATE_PER_IP", default_value_t = AdmissionConfig::default().ip_connect_rate)]
+    pub connect_rate_per_ip: u32,
+    /// Burst of new connections from one client address.
+    #[arg(long, env = "MESSENGER_CONNECT_BURST_PER_IP", default_value_t = AdmissionConfig::default().ip_connect_burst)]
+    pub connect_burst_per_ip: u32,
+    /// Proxies and load balancers (CIDRs, comma-separated) whose X-Forwarded-For names the
+    /// client address. Nobody else's is believed.
+    #[arg(long, env = "MESSENGER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Cidr>,
     /// Connections sent away per drain batch.
     #[arg(long, env = "MESSENGER_DRAIN_BATCH", default_value_t = EdgeConfig::default().drain_batch)]
     pub drain_batch: usize,
@@ -303,6 +330,11 @@ impl EdgeArgs {
         if self.write_timeout.0 < Duration::from_secs(1) || self.write_timeout.0 > Duration::from_secs(300) {
             return Err("--write-timeout must be between 1s and 5m".into());
         }
+        if [self.max_connections, self.max_connections_per_ip, self.max_connections_per_user].contains(&0)
+            || [self.connect_rate, self.connect_burst, self.connect_rate_per_ip, self.connect_burst_per_ip].contains(&0)
+        {
+            return Err("connection caps and connect rates must be positive".into());
+        }
         if self.idle_timeout.0 < Duration::from_secs(2) {
             return Err("--idle-timeout must be at least 2s".into());
         }
@@ -321,6 +353,16 @@ impl EdgeArgs {
             auth_timeout: self.auth_timeout.0,
             idle_timeout: self.idle_timeout.0,
             write_timeout: self.write_timeout.0,
+            admission: AdmissionConfig {
+                max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
+                max_connections_per_user: self.max_connections_per_user,
+                node_connect_rate: self.connect_rate,
+                node_connect_burst: self.connect_burst,
+                ip_connect_rate: self.connect_rate_per_ip,
+                ip_connect_burst: self.connect_burst_per_ip,
+                trusted_proxies: self.trusted_proxies.clone(),
+            },
             flood: FloodLimits {
                 requests_per_second: self.rate_requests_per_second,
                 request_burst: self.rate_request_burst,

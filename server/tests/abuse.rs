@@ -207,3 +207,89 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_deadline() {
     let mut c = server.connect("carol", Json).await;
     assert!(matches!(c.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
 }
+
+type Upgraded = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The HTTP status of an upgrade to `addr` with these extra headers: 101 when admitted
+/// (the socket is returned, to hold the connection), the refusal's status otherwise.
+async fn upgrade_status(
+    server: &TestServer,
+    addr: &str,
+    user: &str,
+    headers: &[(&'static str, &str)],
+) -> (u16, Option<Upgraded>) {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut request = format!("ws://{addr}/?token={}", server.token(user)).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("msg.v1.json"));
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, HeaderValue::from_str(value).unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, response)) => (response.status().as_u16(), Some(ws)),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+            (response.status().as_u16(), None)
+        }
+        Err(other) => panic!("upgrade failed: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_capped_with_503_until_one_leaves() {
+    let server = TestServer::start(&["--max-connections-per-ip", "2"]);
+    let addr = server.ws.clone();
+    let (s1, first) = upgrade_status(&server, &addr, "a", &[]).await;
+    let (s2, _second) = upgrade_status(&server, &addr, "b", &[]).await;
+    assert_eq!((s1, s2), (101, 101));
+    assert_eq!(upgrade_status(&server, &addr, "c", &[]).await.0, 503);
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    assert_eq!(upgrade_status(&server, &addr, "c", &[("x-forwarded-for", "198.51.100.7")]).await.0, 503);
+    drop(first);
+    testkit::poll_until("a place frees when a connection ends", Duration::from_secs(10), async || {
+        upgrade_status(&server, &addr, "c", &[]).await.0 == 101
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_forwarded_address_is_capped() {
+    let server = TestServer::start(&["--max-connections-per-ip", "1", "--trusted-proxies", "127.0.0.0/8"]);
+    let addr = server.ws.clone();
+    let xff = |ip: &'static str| [("x-forwarded-for", ip)];
+    let (a, _a) = upgrade_status(&server, &addr, "a", &xff("198.51.100.1")).await;
+    let (b, _b) = upgrade_status(&server, &addr, "b", &xff("198.51.100.2")).await;
+    assert_eq!((a, b), (101, 101), "two clients behind one proxy address");
+    assert_eq!(upgrade_status(&server, &addr, "c", &xff("198.51.100.1")).await.0, 503);
+    // What a client prepends is not believed: the proxy appended the real address last.
+    assert_eq!(upgrade_status(&server, &addr, "c", &xff("203.0.113.5, 198.51.100.1")).await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_bursts_from_one_address_get_429() {
+    let server = TestServer::start(&["--connect-rate-per-ip", "1", "--connect-burst-per-ip", "3"]);
+    let addr = server.ws.clone();
+    let mut held = Vec::new();
+    for user in ["a", "b", "c"] {
+        let (status, ws) = upgrade_status(&server, &addr, user, &[]).await;
+        assert_eq!(status, 101);
+        held.push(ws);
+    }
+    assert_eq!(upgrade_status(&server, &addr, "d", &[]).await.0, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_over_the_device_cap_is_closed_with_4011() {
+    let server = TestServer::start(&["--max-connections-per-user", "2"]);
+    let token = server.token("alice");
+    let _one = Client::connect(&server.ws, &token, Json).await.unwrap();
+    let _two = Client::connect(&server.ws, &token, Json).await.unwrap();
+    match Client::connect(&server.ws, &token, Json).await {
+        Err(client::ClientError::Closed { code, .. }) => assert_eq!(code, Some(4011)),
+        Err(other) => panic!("expected close 4011, got {other}"),
+        Ok(_) => panic!("a third device was admitted"),
+    }
+    // Other users are not affected.
+    let mut bob = Client::connect(&server.ws, &server.token("bob"), Json).await.unwrap();
+    assert!(matches!(bob.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
+}

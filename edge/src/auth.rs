@@ -15,6 +15,18 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default)]
     pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch.
+    #[serde(default)]
+    pub iat: Option<u64>,
+}
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: String,
+    /// Expiry, seconds since the Unix epoch: the connection ends at `exp` + the leeway unless
+    /// the client sends a fresh token before.
+    pub exp: u64,
 }
 
 /// Why a token was refused. The client only ever sees "unauthorized" (4001); the variant is
@@ -29,6 +41,10 @@ pub enum AuthError {
     NotYetValid,
     #[error("token subject is not a valid user id")]
     BadSubject,
+    #[error("token lifetime exceeds the maximum")]
+    TooLong,
+    #[error("token issued in the future")]
+    IssuedInFuture,
     #[error("token rejected: {0}")]
     Invalid(String),
 }
@@ -41,6 +57,8 @@ impl AuthError {
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::BadSubject => "bad_subject",
+            AuthError::TooLong => "too_long",
+            AuthError::IssuedInFuture => "issued_in_future",
             AuthError::Invalid(_) => "invalid",
         }
     }
@@ -66,8 +84,17 @@ pub struct Authenticator {
     keys: Vec<VerificationKey>,
     issuer: Option<String>,
     audience: Option<String>,
-    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
     leeway: u64,
+    /// Longest lifetime a token may claim (`exp - iat`, or `exp - now` without `iat`).
+    max_lifetime: u64,
+}
+
+impl Authenticator {
+    /// Default clock-skew tolerance, seconds.
+    pub const DEFAULT_LEEWAY: u64 = 30;
+    /// Default longest token lifetime, seconds (24 h).
+    pub const DEFAULT_MAX_LIFETIME: u64 = 24 * 3600;
 }
 
 /// Errors building an [`Authenticator`] from configuration.
@@ -86,7 +113,25 @@ impl Authenticator {
         if keys.is_empty() {
             return Err(KeyError::NoKeys);
         }
-        Ok(Authenticator { keys, issuer, audience, leeway: 30 })
+        Ok(Authenticator {
+            keys,
+            issuer,
+            audience,
+            leeway: Self::DEFAULT_LEEWAY,
+            max_lifetime: Self::DEFAULT_MAX_LIFETIME,
+        })
+    }
+
+    /// Sets the clock-skew tolerance and the longest token lifetime, in seconds.
+    pub fn with_limits(mut self, leeway: u64, max_lifetime: u64) -> Self {
+        self.leeway = leeway;
+        self.max_lifetime = max_lifetime;
+        self
+    }
+
+    /// Seconds of clock skew tolerated.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
     }
 
     /// HS256 with a shared secret (development, or a trusted token service).
@@ -107,8 +152,8 @@ impl Authenticator {
             .map_err(|e| KeyError::BadKey(e.to_string()))
     }
 
-    /// Verifies `token` at `now` (seconds since the Unix epoch) and returns the user id.
-    pub fn verify(&self, token: &str, now: u64) -> Result<String, AuthError> {
+    /// Verifies `token` at `now` (seconds since the Unix epoch).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
@@ -144,10 +189,19 @@ impl Authenticator {
         if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
             return Err(AuthError::NotYetValid);
         }
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(self.leeway)) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        // A token that claims to live longer than the maximum is refused whole, not trimmed:
+        // its issuer is misconfigured, or it was minted to outlive revocation.
+        let issued = claims.iat.unwrap_or(now).min(now);
+        if claims.exp.saturating_sub(issued) > self.max_lifetime.saturating_add(self.leeway) {
+            return Err(AuthError::TooLong);
+        }
         if !valid_user_id(&claims.sub) {
             return Err(AuthError::BadSubject);
         }
-        Ok(claims.sub)
+        Ok(Verified { user: claims.sub, exp: claims.exp })
     }
 }
 
@@ -175,7 +229,34 @@ mod tests {
 
     #[test]
     fn valid_token() {
-        assert_eq!(auth().verify(&token(Algorithm::HS256, "alice", 1000), 500).unwrap(), "alice");
+        let v = auth().verify(&token(Algorithm::HS256, "alice", 1000), 500).unwrap();
+        assert_eq!(v, Verified { user: "alice".into(), exp: 1000 });
+    }
+
+    #[test]
+    fn lifetimes_are_capped_and_iat_honoured() {
+        #[derive(Serialize)]
+        struct Issued<'a> {
+            sub: &'a str,
+            iat: u64,
+            exp: u64,
+        }
+        let issued = |iat, exp| {
+            encode(&Header::new(Algorithm::HS256), &Issued { sub: "a", iat, exp }, &EncodingKey::from_secret(SECRET))
+                .unwrap()
+        };
+        let a = auth().with_limits(0, 3600);
+        assert!(a.verify(&issued(1000, 4600), 1000).is_ok(), "exactly the maximum");
+        assert_eq!(a.verify(&issued(1000, 4601), 1000), Err(AuthError::TooLong));
+        // exp = 2^64-1: the "never expires" token is refused.
+        assert_eq!(a.verify(&token(Algorithm::HS256, "a", u64::MAX), 1000), Err(AuthError::TooLong));
+        // Without iat the lifetime counts from now.
+        assert!(a.verify(&token(Algorithm::HS256, "a", 4600), 1000).is_ok());
+        assert_eq!(a.verify(&token(Algorithm::HS256, "a", 4601), 1000), Err(AuthError::TooLong));
+        assert_eq!(a.verify(&issued(1001, 2000), 1000), Err(AuthError::IssuedInFuture));
+        let skew = auth().with_limits(30, 3600);
+        assert!(skew.verify(&issued(1020, 2000), 1000).is_ok(), "within the leeway");
+        assert_eq!(skew.leeway(), 30);
     }
 
     #[test]
@@ -230,7 +311,7 @@ mod tests {
             &signing,
         )
         .unwrap();
-        assert_eq!(auth.verify(&good, 50).unwrap(), "bob");
+        assert_eq!(auth.verify(&good, 50).unwrap().user, "bob");
         let wrong_aud =
             encode(&Header::new(Algorithm::EdDSA), &Full { sub: "bob", exp: 100, iss: "issuer", aud: "x" }, &signing)
                 .unwrap();

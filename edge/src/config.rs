@@ -47,6 +47,8 @@ pub struct EdgeConfig {
     pub reconnect_after: Duration,
     /// Connection caps and connect rates.
     pub admission: AdmissionConfig,
+    /// How long before its token expires a connection is sent `token_expiring`.
+    pub token_warning: Duration,
 }
 
 impl Default for EdgeConfig {
@@ -73,6 +75,7 @@ impl Default for EdgeConfig {
             drain_interval: Duration::from_millis(100),
             reconnect_after: Duration::from_millis(500),
             admission: AdmissionConfig::default(),
+            token_warning: Duration::from_secs(60),
         }
     }
 }

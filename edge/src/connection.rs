@@ -30,7 +30,7 @@ use crate::Services;
 use crate::handshake::{UserTicket, Ws, authenticate, upgrade};
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
-use crate::session::{Action, Holding, Session, action, reply_frame};
+use crate::session::{Action, Holding, Session, TokenClock, TokenStep, action, reply_frame};
 
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
@@ -100,8 +100,8 @@ pub(crate) async fn serve(
         close(&mut ws, CloseCode::GoingAway).await;
         return;
     }
-    let user = match authenticate(&mut ws, &shared, encoding, upgrade.token, deadline, now_secs).await {
-        Ok(user) => user,
+    let (user, token_exp) = match authenticate(&mut ws, &shared, encoding, upgrade.token, deadline, now_secs).await {
+        Ok(verified) => (verified.user, verified.exp),
         Err(code) => {
             close(&mut ws, code).await;
             return;
@@ -144,6 +144,8 @@ pub(crate) async fn serve(
         encoding,
         outbox,
         session: Session::new(shared.config.flood, shared.config.outbound_queue_bytes, Instant::now()),
+        token: TokenClock::new(token_exp, shared.config.token_warning.as_secs(), shared.auth.leeway()),
+        token_changed: false,
         pending: FuturesUnordered::new(),
     };
     let code = conn.run(force).await;
@@ -163,6 +165,10 @@ struct Connection {
     encoding: Encoding,
     outbox: Arc<Outbox>,
     session: Session,
+    /// When the token runs out; a fresh `auth` moves it.
+    token: TokenClock,
+    /// A refresh moved the token's clock: the loop re-arms its timer.
+    token_changed: bool,
     pending: FuturesUnordered<Pending>,
 }
 
@@ -185,8 +191,15 @@ impl Connection {
         let idle = self.shared.config.idle_timeout;
         let idle_timer = tokio::time::sleep(idle);
         tokio::pin!(idle_timer);
+        // Checked at once: a token that expires within the warning period is warned about
+        // right after `hello`.
+        let token_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(token_timer);
         let mut batch = Vec::new();
         loop {
+            if std::mem::take(&mut self.token_changed) {
+                token_timer.as_mut().reset(tokio::time::Instant::now());
+            }
             let can_read = self.pending.len() < self.shared.config.max_inflight_requests;
             let step = tokio::select! {
                 biased;
@@ -205,6 +218,21 @@ impl Connection {
                     }
                 },
                 _ = &mut idle_timer => Step::Close(CloseCode::IdleTimeout),
+                _ = &mut token_timer => {
+                    let now = now_secs();
+                    let at = |secs: u64| tokio::time::Instant::now() + Duration::from_secs(secs.saturating_sub(now).max(1));
+                    match self.token.step(now) {
+                        TokenStep::Expire => Step::Close(CloseCode::TokenExpired),
+                        TokenStep::WaitUntil(next) => {
+                            token_timer.as_mut().reset(at(next));
+                            Step::Continue
+                        }
+                        TokenStep::Warn { exp, next } => {
+                            token_timer.as_mut().reset(at(next));
+                            self.push_reply(encode(self.encoding, &ServerFrame::TokenExpiring { exp }))
+                        }
+                    }
+                }
             };
             if let Step::Close(code) = step {
                 return code;
@@ -362,6 +390,24 @@ impl Connection {
                 Step::Continue
             }
             Action::Resume { req, chats } => self.resume(req, chats).await,
+            Action::Refresh { token } => {
+                let frame = match self.shared.auth.verify(&token, now_secs()) {
+                    Ok(v) if v.user == self.user => {
+                        metrics::counter!("edge_auth_total", "result" => "refreshed").increment(1);
+                        self.token_changed = true;
+                        ServerFrame::TokenRefreshed { exp: self.token.refresh(v.exp) }
+                    }
+                    Ok(_) => {
+                        metrics::counter!("edge_auth_total", "result" => "other_user").increment(1);
+                        ServerFrame::error(None, ErrorCode::Forbidden, "the token is for another user")
+                    }
+                    Err(err) => {
+                        metrics::counter!("edge_auth_total", "result" => err.label()).increment(1);
+                        ServerFrame::error(None, ErrorCode::Unauthenticated, format!("token refused: {err}"))
+                    }
+                };
+                self.push_reply(encode(self.encoding, &frame))
+            }
             Action::Call { req, op } => {
                 let (user, timeout, chat) = (self.user.clone(), self.shared.config.request_timeout, op.chat());
                 self.pending.push(Box::pin(async move {

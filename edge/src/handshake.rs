@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::Services;
 use crate::admission::client_ip;
+use crate::auth::Verified;
 use crate::connection::encode;
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
@@ -149,7 +150,7 @@ pub(crate) async fn authenticate(
     token: Option<String>,
     deadline: tokio::time::Instant,
     now_secs: impl FnOnce() -> u64,
-) -> Result<String, CloseCode> {
+) -> Result<Verified, CloseCode> {
     let token = match token {
         Some(t) => t,
         None => loop {
@@ -177,9 +178,9 @@ pub(crate) async fn authenticate(
         },
     };
     match shared.auth.verify(&token, now_secs()) {
-        Ok(user) => {
+        Ok(verified) => {
             metrics::counter!("edge_auth_total", "result" => "ok").increment(1);
-            Ok(user)
+            Ok(verified)
         }
         Err(err) => {
             metrics::counter!("edge_auth_total", "result" => err.label()).increment(1);

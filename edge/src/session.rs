@@ -27,14 +27,14 @@ pub(crate) enum Action {
     Call { req: u64, op: RouterOp },
     /// Catch up on these chats, then release live events.
     Resume { req: u64, chats: Vec<ResumeCursor> },
+    /// Verify this fresh token and, if it is the same user's, extend the connection's life.
+    Refresh { token: String },
 }
 
 /// Maps an authenticated client's frame to what the connection does with it.
 pub(crate) fn action(frame: ClientFrame) -> Action {
     let (req, op) = match frame {
-        ClientFrame::Auth { .. } => {
-            return Action::Reply(ServerFrame::error(None, ErrorCode::Invalid, "already authenticated"));
-        }
+        ClientFrame::Auth { token } => return Action::Refresh { token },
         ClientFrame::Ping { req } => return Action::Reply(ServerFrame::Pong { req }),
         ClientFrame::Typing { chat } => return Action::Tell(RouterOp::Typing { chat }),
         ClientFrame::Presence { status } => return Action::Tell(RouterOp::Presence { status }),
@@ -82,6 +82,61 @@ pub(crate) enum Holding {
     Write(Outgoing),
     /// Holding it would pass the outbound bound: close as a slow consumer.
     Overflow,
+}
+
+/// What the token's clock asks of the connection now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenStep {
+    /// Nothing yet; look again at this time (seconds since the Unix epoch).
+    WaitUntil(u64),
+    /// Tell the client its token expires at `exp`; look again at the given time.
+    Warn { exp: u64, next: u64 },
+    /// The token expired (leeway included) and no fresh one came: close with 4012.
+    Expire,
+}
+
+/// When a connection's token runs out, and whether the client was told.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TokenClock {
+    exp: u64,
+    warned: bool,
+    /// Seconds before `exp` the client is told.
+    warn_ahead: u64,
+    /// Seconds after `exp` the connection may still live (clock skew).
+    leeway: u64,
+}
+
+impl TokenClock {
+    pub(crate) fn new(exp: u64, warn_ahead: u64, leeway: u64) -> Self {
+        TokenClock { exp, warned: false, warn_ahead, leeway }
+    }
+
+    /// Decides at `now` (seconds since the Unix epoch).
+    pub(crate) fn step(&mut self, now: u64) -> TokenStep {
+        let end = self.exp.saturating_add(self.leeway);
+        if now >= end {
+            return TokenStep::Expire;
+        }
+        let warn_at = self.exp.saturating_sub(self.warn_ahead);
+        if self.warned {
+            return TokenStep::WaitUntil(end);
+        }
+        if now >= warn_at {
+            self.warned = true;
+            return TokenStep::Warn { exp: self.exp, next: end };
+        }
+        TokenStep::WaitUntil(warn_at)
+    }
+
+    /// A fresh token of the same user came: the connection lives until its `exp`. A token
+    /// that expires sooner than the current one does not shorten the connection.
+    pub(crate) fn refresh(&mut self, exp: u64) -> u64 {
+        if exp > self.exp {
+            self.exp = exp;
+            self.warned = false;
+        }
+        self.exp
+    }
 }
 
 /// Per-connection state that decides what is written.
@@ -221,10 +276,7 @@ mod tests {
     fn frames_map_to_their_actions() {
         assert!(matches!(action(ClientFrame::Ping { req: 4 }), Action::Reply(ServerFrame::Pong { req: 4 })));
         assert!(matches!(action(ClientFrame::Typing { chat: 3 }), Action::Tell(RouterOp::Typing { chat: 3 })));
-        assert!(matches!(
-            action(ClientFrame::Auth { token: "t".into() }),
-            Action::Reply(ServerFrame::Error { code: ErrorCode::Invalid, .. })
-        ));
+        assert!(matches!(action(ClientFrame::Auth { token: "t".into() }), Action::Refresh { token } if token == "t"));
         let send = ClientFrame::Send { req: 9, chat: 2, client_msg_id: "c".into(), body: "b".into() };
         assert!(matches!(action(send), Action::Call { req: 9, op: RouterOp::Send { chat: 2, .. } }));
         let history = ClientFrame::History { req: 1, chat: 2, before: None, after: Some(5), limit: None };
@@ -252,5 +304,29 @@ mod tests {
             reply_frame(7, None, RouterReply::ChatIds(vec![1])),
             ServerFrame::Error { code: ErrorCode::Unavailable, .. }
         ));
+    }
+
+    #[test]
+    fn the_token_clock_warns_once_then_expires_after_the_leeway() {
+        let mut t = TokenClock::new(1000, 60, 30);
+        assert_eq!(t.step(100), TokenStep::WaitUntil(940));
+        assert_eq!(t.step(940), TokenStep::Warn { exp: 1000, next: 1030 });
+        assert_eq!(t.step(950), TokenStep::WaitUntil(1030), "warned once");
+        assert_eq!(t.step(1029), TokenStep::WaitUntil(1030));
+        assert_eq!(t.step(1030), TokenStep::Expire);
+        // A token shorter than the warning period is warned about at once.
+        let mut short = TokenClock::new(1010, 60, 0);
+        assert_eq!(short.step(1000), TokenStep::Warn { exp: 1010, next: 1010 });
+    }
+
+    #[test]
+    fn a_refresh_extends_and_rearms_the_warning_but_never_shortens() {
+        let mut t = TokenClock::new(1000, 60, 0);
+        assert!(matches!(t.step(990), TokenStep::Warn { .. }));
+        assert_eq!(t.refresh(5000), 5000);
+        assert_eq!(t.step(1000), TokenStep::WaitUntil(4940));
+        assert_eq!(t.refresh(2000), 5000, "an older token changes nothing");
+        assert_eq!(t.step(4940), TokenStep::Warn { exp: 5000, next: 5000 });
+        assert_eq!(t.step(5000), TokenStep::Expire);
     }
 }

@@ -84,6 +84,9 @@ pub enum CloseCode {
     /// 4011: this user already holds as many connections (devices) on the node as allowed.
     /// Close another device's connection, or retry later.
     TooManyConnections,
+    /// 4012: the token expired and no fresh one came in time (see `token_expiring`).
+    /// Reconnect with a fresh token and resume.
+    TokenExpired,
 }
 
 impl CloseCode {
@@ -101,6 +104,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => 4009,
             CloseCode::IdleTimeout => 4010,
             CloseCode::TooManyConnections => 4011,
+            CloseCode::TokenExpired => 4012,
         }
     }
 
@@ -118,6 +122,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::IdleTimeout => "idle_timeout",
             CloseCode::TooManyConnections => "too_many_connections",
+            CloseCode::TokenExpired => "token_expired",
         }
     }
 }

@@ -288,6 +288,16 @@ pub enum ServerFrame {
         reconnect_after_ms: u64,
         reason: String,
     },
+    /// The connection's token expires at `exp` (seconds since the Unix epoch): send an `auth`
+    /// frame with a fresh token for the same user before then, or the connection is closed
+    /// with 4012 at `exp` (plus the server's clock-skew leeway).
+    TokenExpiring {
+        exp: u64,
+    },
+    /// An in-band `auth` was accepted: the connection now lives until `exp`.
+    TokenRefreshed {
+        exp: u64,
+    },
 }
 
 impl ServerFrame {
@@ -308,6 +318,8 @@ impl ServerFrame {
             ServerFrame::Presence { .. } => "presence",
             ServerFrame::Error { .. } => "error",
             ServerFrame::GoAway { .. } => "goaway",
+            ServerFrame::TokenExpiring { .. } => "token_expiring",
+            ServerFrame::TokenRefreshed { .. } => "token_refreshed",
         }
     }
 

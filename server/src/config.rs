@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use edge::EdgeConfig;
 use edge::admission::{AdmissionConfig, Cidr};
+use edge::{Authenticator, EdgeConfig};
 use persistence::EmbeddedConfig;
 use protocol::limits::MAX_CLIENT_FRAME_BYTES;
 use protocol::ratelimit::FloodLimits;
@@ -226,6 +226,13 @@ pub struct AuthArgs {
     /// Required `aud` claim.
     #[arg(long, env = "MESSENGER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`; an open connection is closed (4012)
+    /// this long after its token's `exp`.
+    #[arg(long, env = "MESSENGER_JWT_LEEWAY", default_value_t = Span(Duration::from_secs(Authenticator::DEFAULT_LEEWAY)))]
+    pub jwt_leeway: Span,
+    /// Longest lifetime a token may claim (`exp - iat`); longer ones are refused.
+    #[arg(long, env = "MESSENGER_JWT_MAX_LIFETIME", default_value_t = Span(Duration::from_secs(Authenticator::DEFAULT_MAX_LIFETIME)))]
+    pub jwt_max_lifetime: Span,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +280,9 @@ pub struct EdgeArgs {
     /// Time a request may wait for the router.
     #[arg(long, env = "MESSENGER_REQUEST_TIMEOUT", default_value_t = Span(EdgeConfig::default().request_timeout))]
     pub request_timeout: Span,
+    /// How long before its token expires a connection is told (`token_expiring`).
+    #[arg(long, env = "MESSENGER_TOKEN_EXPIRY_WARNING", default_value_t = Span(EdgeConfig::default().token_warning))]
+    pub token_expiry_warning: Span,
     /// Connections this node holds at most; more are refused at the upgrade with HTTP 503.
     #[arg(long, env = "MESSENGER_MAX_CONNECTIONS", default_value_t = AdmissionConfig::default().max_connections)]
     pub max_connections: usize,
@@ -353,6 +363,7 @@ impl EdgeArgs {
             auth_timeout: self.auth_timeout.0,
             idle_timeout: self.idle_timeout.0,
             write_timeout: self.write_timeout.0,
+            token_warning: self.token_expiry_warning.0,
             admission: AdmissionConfig {
                 max_connections: self.max_connections,
                 max_connections_per_ip: self.max_connections_per_ip,
@@ -395,7 +406,6 @@ pub struct TokenArgs {
     pub data_dir: PathBuf,
 }
 
-/// Parses `250ms`, `30s`, `5m`, `24h`, or a bare number of seconds.
 /// A duration on the command line and in the environment: `250ms`, `30s`, `5m`, `24h` (a
 /// bare number is seconds). Displayed the same way, so `--help` shows defaults taken from the
 /// component that owns them.
@@ -421,6 +431,7 @@ impl std::fmt::Display for Span {
     }
 }
 
+/// Parses `250ms`, `30s`, `5m`, `24h`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {

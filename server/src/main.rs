@@ -182,7 +182,14 @@ fn authenticator(auth: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<
         let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         keys.push(Authenticator::public_key(&pem)?);
     }
-    Ok(Authenticator::new(keys, auth.jwt_issuer.clone(), auth.jwt_audience.clone())?)
+    if auth.jwt_leeway.0 > std::time::Duration::from_secs(300) {
+        anyhow::bail!("--jwt-leeway must be at most 5m");
+    }
+    if auth.jwt_max_lifetime.0 < std::time::Duration::from_secs(60) {
+        anyhow::bail!("--jwt-max-lifetime must be at least 1m");
+    }
+    Ok(Authenticator::new(keys, auth.jwt_issuer.clone(), auth.jwt_audience.clone())?
+        .with_limits(auth.jwt_leeway.0.as_secs(), auth.jwt_max_lifetime.0.as_secs()))
 }
 
 fn router_config_from(shards: usize) -> anyhow::Result<RouterConfig> {

@@ -503,3 +503,80 @@ async fn a_cursor_beyond_the_end_does_not_silence_live_events() {
         assert!(matches!(f, ServerFrame::Event { event, .. } if event.seq == seq));
     }
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn dev_secret(server: &TestServer) -> String {
+    std::fs::read_to_string(server.dir.join("dev-jwt-secret")).unwrap().trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_ends_when_its_token_does() {
+    let server = TestServer::start(&["--jwt-leeway", "0s", "--token-expiry-warning", "1s"]);
+    let secret = dev_secret(&server);
+    for enc in ENCODINGS {
+        let token = testkit::mint_token(secret.as_bytes(), "alice", Duration::from_secs(3));
+        let mut c = Client::connect(&server.ws, &token, enc).await.unwrap();
+        let warned = c.wait_for(|f| matches!(f, ServerFrame::TokenExpiring { .. })).await.unwrap();
+        let ServerFrame::TokenExpiring { exp } = warned else { unreachable!() };
+        assert_eq!(c.closed_code(Duration::from_secs(10)).await, Some(4012));
+        assert!(unix_now() >= exp, "closed before the token's exp");
+    }
+    // A token that claims to live for ever is refused at the door.
+    #[derive(serde::Serialize)]
+    struct Forever<'a> {
+        sub: &'a str,
+        iat: u64,
+        exp: u64,
+    }
+    let forever = testkit::mint_claims(secret.as_bytes(), &Forever { sub: "alice", iat: unix_now(), exp: u64::MAX });
+    let mut c = Client::open(&server.ws, Some(&forever), TokenIn::Query, Json).await.unwrap();
+    assert_eq!(c.closed_code(Duration::from_secs(5)).await, Some(4001));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_in_band_keeps_the_connection_without_losing_an_event() {
+    let server = TestServer::start(&["--jwt-leeway", "0s", "--token-expiry-warning", "2s"]);
+    let secret = dev_secret(&server);
+    let short = testkit::mint_token(secret.as_bytes(), "alice", Duration::from_secs(3));
+    let mut alice = Client::connect(&server.ws, &short, Json).await.unwrap();
+    let mut bob = server.connect("bob", Json).await;
+    let chat = created(&bob.create_chat(ChatKind::Direct, "", &["alice"]).await.unwrap());
+    let mut sent = 0;
+    for _ in 0..5 {
+        sent += 1;
+        acked(&bob.send_message(chat, &format!("b{sent}"), "before").await.unwrap());
+    }
+    let ServerFrame::TokenExpiring { exp: old_exp } =
+        alice.wait_for(|f| matches!(f, ServerFrame::TokenExpiring { .. })).await.unwrap()
+    else {
+        unreachable!()
+    };
+    // Someone else's token is refused, and changes nothing.
+    alice.send(&ClientFrame::Auth { token: server.token("mallory") }).await.unwrap();
+    let refused = alice.wait_for(|f| matches!(f, ServerFrame::Error { req: None, .. })).await.unwrap();
+    assert_eq!(error_code(&refused), "forbidden");
+    alice.send(&ClientFrame::Auth { token: server.token("alice") }).await.unwrap();
+    let ServerFrame::TokenRefreshed { exp } =
+        alice.wait_for(|f| matches!(f, ServerFrame::TokenRefreshed { .. })).await.unwrap()
+    else {
+        unreachable!()
+    };
+    assert!(exp > old_exp + 60);
+    for _ in 0..5 {
+        sent += 1;
+        acked(&bob.send_message(chat, &format!("b{sent}"), "after").await.unwrap());
+    }
+    // Past the old token's end the connection still serves.
+    while unix_now() <= old_exp + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(matches!(alice.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
+    // The chat's creation and every message arrived once, in order: the refresh dropped and
+    // duplicated nothing.
+    let frames = alice.drain(Duration::from_millis(500)).await;
+    let seqs: Vec<u64> = events_of(&frames, chat).iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=1 + sent).collect::<Vec<u64>>());
+}

@@ -221,6 +221,11 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
 }
 
 fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeConfig> {
+    // A cluster edge never makes up a development secret of its own: every token minted by
+    // the cluster's token service would fail on it, silently.
+    if args.node.auth.jwt_secret.is_none() && args.node.auth.jwt_public_key.is_none() {
+        anyhow::bail!("an edge needs the cluster's token key: give --jwt-secret or --jwt-public-key");
+    }
     Ok(EdgeNodeConfig {
         edge: args.node.edge.to_config().map_err(anyhow::Error::msg)?,
         auth: authenticator(&args.node.auth, &args.node.data_dir)?,

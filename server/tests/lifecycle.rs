@@ -175,6 +175,13 @@ fn bad_configuration_exits_64() {
         vec!["standalone", "--jwt-secret", "short"],
         vec!["standalone", "--listen-backlog", "0"],
         vec!["edge", "--listen-backlog", "70000"],
+        // An edge without the cluster's token key never falls back to a development secret.
+        vec!["edge", "--nats", "nats://127.0.0.1:1"],
+        vec!["standalone", "--jwt-max-lifetime", "10s"],
+        vec!["standalone", "--jwt-leeway", "1h"],
+        vec!["standalone", "--write-timeout", "0s"],
+        vec!["standalone", "--max-connections-per-ip", "0"],
+        vec!["standalone", "--trusted-proxies", "10.0.0.0/99"],
         vec!["frobnicate"],
     ] {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_messenger"))

@@ -23,10 +23,26 @@ stop() {
     scripts/cassandra/cassandra.sh stop --port "$CQL_PORT" >/dev/null 2>&1 || true
 }
 
-if [[ ${1:-} == stop ]]; then
+usage() {
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+case ${1:-} in
+stop)
     stop
     exit 0
-fi
+    ;;
+-h | --help | help)
+    usage
+    exit 0
+    ;;
+"") ;;
+*)
+    echo "scripts/cluster.sh: unknown argument ${1@Q}" >&2
+    usage >&2
+    exit 64
+    ;;
+esac
 
 mkdir -p "$DIR"
 cargo build --release -p server --bin messenger

@@ -40,7 +40,8 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
-use schema::{Statements, bucket_size, migrate, tls_config, valid_keyspace};
+pub use schema::valid_keyspace;
+use schema::{Statements, bucket_size, migrate, tls_config};
 
 use rules::append::{Decision, Earlier, Effect, Facts, Lookups};
 

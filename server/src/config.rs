@@ -193,6 +193,9 @@ pub struct CqlArgs {
 impl CqlArgs {
     /// Validates and builds the CQL store configuration.
     pub fn to_config(&self) -> Result<persistence::CqlConfig, String> {
+        if !persistence::cql::valid_keyspace(&self.cql_keyspace) {
+            return Err(format!("--cql-keyspace {:?} must be 1-48 characters of [a-z0-9_]", self.cql_keyspace));
+        }
         let mut config = persistence::CqlConfig::local(String::new(), self.cql_keyspace.clone());
         config.nodes = self.cql_nodes.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
         if config.nodes.is_empty() {

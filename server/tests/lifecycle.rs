@@ -177,6 +177,7 @@ fn bad_configuration_exits_64() {
         vec!["edge", "--listen-backlog", "70000"],
         // An edge without the cluster's token key never falls back to a development secret.
         vec!["edge", "--nats", "nats://127.0.0.1:1"],
+        vec!["router", "--cql-keyspace", "Bad-Name"],
         vec!["standalone", "--jwt-max-lifetime", "10s"],
         vec!["standalone", "--jwt-leeway", "1h"],
         vec!["standalone", "--write-timeout", "0s"],

@@ -54,7 +54,8 @@ pub(super) struct Statements {
     pub(super) select_edits: PreparedStatement,
 }
 
-pub(super) fn valid_keyspace(ks: &str) -> bool {
+/// Whether `ks` is a keyspace name the store accepts: 1-48 characters of `[a-z0-9_]`.
+pub fn valid_keyspace(ks: &str) -> bool {
     !ks.is_empty() && ks.len() <= 48 && ks.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 

@@ -31,6 +31,10 @@ pub struct AdmissionConfig {
     pub ip_connect_burst: u32,
     /// Peers whose `X-Forwarded-For` is believed (load balancers, proxies).
     pub trusted_proxies: Vec<Cidr>,
+    /// Web origins (`https://chat.example.com`, exact) whose pages may connect; empty means
+    /// any. Requests without an `Origin` header (native apps, servers) are not browsers'
+    /// and are always let through: the token, not the origin, authenticates them.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for AdmissionConfig {
@@ -44,7 +48,18 @@ impl Default for AdmissionConfig {
             ip_connect_rate: 500,
             ip_connect_burst: 2_000,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
         }
+    }
+}
+
+/// Whether a browser page from `origin` may open a connection (see
+/// [`AdmissionConfig::allowed_origins`]). Origins are compared exactly, ASCII case aside.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    match origin {
+        None => true,
+        Some(_) if allowed.is_empty() => true,
+        Some(o) => allowed.iter().any(|a| a.eq_ignore_ascii_case(o.trim())),
     }
 }
 
@@ -266,7 +281,20 @@ mod tests {
             ip_connect_rate: 1000,
             ip_connect_burst: 1000,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
         }
+    }
+
+    #[test]
+    fn origins_are_checked_exactly_and_only_for_browsers() {
+        let allowed = vec!["https://chat.example.com".to_string()];
+        assert!(origin_allowed(Some("https://chat.example.com"), &allowed));
+        assert!(origin_allowed(Some("HTTPS://CHAT.EXAMPLE.COM"), &allowed));
+        assert!(!origin_allowed(Some("https://chat.example.com.evil.net"), &allowed));
+        assert!(!origin_allowed(Some("http://chat.example.com"), &allowed));
+        assert!(!origin_allowed(Some("null"), &allowed));
+        assert!(origin_allowed(None, &allowed), "native clients send no Origin");
+        assert!(origin_allowed(Some("https://anything"), &[]), "no list: any origin");
     }
 
     #[test]

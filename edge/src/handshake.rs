@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 
 use crate::Services;
-use crate::admission::client_ip;
+use crate::admission::{client_ip, origin_allowed};
 use crate::auth::Verified;
 use crate::connection::encode;
 
@@ -80,6 +80,13 @@ pub(crate) async fn upgrade(
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         // Admission first: a refused client costs no subprotocol or token work.
+        let origin = req.headers().get("origin").map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        if !origin_allowed(origin, &shared.config.admission.allowed_origins) {
+            metrics::counter!("edge_admission_refusals_total", "reason" => "origin").increment(1);
+            let mut err = ErrorResponse::new(Some("origin not allowed".into()));
+            *err.status_mut() = StatusCode::FORBIDDEN;
+            return Err(err);
+        }
         let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
         let ip = {
             let mut admission = shared.admission();

@@ -312,6 +312,10 @@ pub struct EdgeArgs {
     /// client address. Nobody else's is believed.
     #[arg(long, env = "MESSENGER_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<Cidr>,
+    /// Web origins whose pages may connect (exact, comma-separated, e.g.
+    /// `https://chat.example.com`); unset: any. Clients that send no Origin are not checked.
+    #[arg(long, env = "MESSENGER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Connections sent away per drain batch.
     #[arg(long, env = "MESSENGER_DRAIN_BATCH", default_value_t = EdgeConfig::default().drain_batch)]
     pub drain_batch: usize,
@@ -376,6 +380,12 @@ impl EdgeArgs {
                 ip_connect_rate: self.connect_rate_per_ip,
                 ip_connect_burst: self.connect_burst_per_ip,
                 trusted_proxies: self.trusted_proxies.clone(),
+                allowed_origins: self
+                    .allowed_origins
+                    .iter()
+                    .map(|o| o.trim().to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
             },
             flood: FloodLimits {
                 requests_per_second: self.rate_requests_per_second,

@@ -18,6 +18,9 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default)]
     pub iat: Option<u64>,
+    /// The token's id, for the audit trail.
+    #[serde(default)]
+    pub jti: Option<String>,
 }
 
 /// What a valid token says.
@@ -27,6 +30,8 @@ pub struct Verified {
     /// Expiry, seconds since the Unix epoch: the connection ends at `exp` + the leeway unless
     /// the client sends a fresh token before.
     pub exp: u64,
+    /// The token's id (`jti`), when it has one.
+    pub jti: Option<String>,
 }
 
 /// Why a token was refused. The client only ever sees "unauthorized" (4001); the variant is
@@ -201,7 +206,7 @@ impl Authenticator {
         if !valid_user_id(&claims.sub) {
             return Err(AuthError::BadSubject);
         }
-        Ok(Verified { user: claims.sub, exp: claims.exp })
+        Ok(Verified { user: claims.sub, exp: claims.exp, jti: claims.jti })
     }
 }
 
@@ -230,7 +235,7 @@ mod tests {
     #[test]
     fn valid_token() {
         let v = auth().verify(&token(Algorithm::HS256, "alice", 1000), 500).unwrap();
-        assert_eq!(v, Verified { user: "alice".into(), exp: 1000 });
+        assert_eq!(v, Verified { user: "alice".into(), exp: 1000, jti: None });
     }
 
     #[test]

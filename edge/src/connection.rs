@@ -31,6 +31,7 @@ use crate::handshake::{UserTicket, Ws, authenticate, upgrade};
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
 use crate::session::{Action, Holding, Session, TokenClock, TokenStep, action, reply_frame};
+use audit::Event;
 
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
@@ -100,16 +101,54 @@ pub(crate) async fn serve(
         close(&mut ws, CloseCode::GoingAway).await;
         return;
     }
-    let (user, token_exp) = match authenticate(&mut ws, &shared, encoding, upgrade.token, deadline, now_secs).await {
-        Ok(verified) => (verified.user, verified.exp),
-        Err(code) => {
-            close(&mut ws, code).await;
+    let client = upgrade.client(peer);
+    let audit = &shared.audit;
+    let token = upgrade.token.clone();
+    let (user, token_exp) = match authenticate(&mut ws, &shared, encoding, token, deadline, now_secs).await {
+        Ok(verified) => {
+            let ok = Event::Auth {
+                peer: peer.ip(),
+                client,
+                sub: Some(&verified.user),
+                jti: verified.jti.as_deref(),
+                refresh: false,
+                result: "ok",
+            };
+            // No session without its audit record.
+            if let Err(err) = audit.record(&ok) {
+                tracing::error!(error = %err, "refusing a connection that could not be audited");
+                close(&mut ws, CloseCode::InternalError).await;
+                return;
+            }
+            (verified.user, verified.exp)
+        }
+        Err(failure) => {
+            if failure.code == CloseCode::AuthTimeout {
+                audit.note(&Event::Closed {
+                    client,
+                    sub: None,
+                    code: failure.code.code(),
+                    reason: failure.code.reason(),
+                });
+            } else if failure.result != "left" {
+                let refused = Event::Auth {
+                    peer: peer.ip(),
+                    client,
+                    sub: None,
+                    jti: None,
+                    refresh: false,
+                    result: failure.result,
+                };
+                audit.note(&refused);
+            }
+            close(&mut ws, failure.code).await;
             return;
         }
     };
     let _device = match UserTicket::take(&shared, &user) {
         Ok(ticket) => ticket,
         Err(code) => {
+            audit.note(&Event::Closed { client, sub: Some(&user), code: code.code(), reason: code.reason() });
             close(&mut ws, code).await;
             return;
         }
@@ -146,6 +185,8 @@ pub(crate) async fn serve(
         session: Session::new(shared.config.flood, shared.config.outbound_queue_bytes, Instant::now()),
         token: TokenClock::new(token_exp, shared.config.token_warning.as_secs(), shared.auth.leeway()),
         token_changed: false,
+        peer: peer.ip(),
+        client,
         pending: FuturesUnordered::new(),
     };
     let code = conn.run(force).await;
@@ -153,6 +194,9 @@ pub(crate) async fn serve(
     conn.outbox.close();
     metrics::gauge!("edge_connections").decrement(1.0);
     tracing::debug!(conn = id, reason = code.reason(), "connection closed");
+    if for_cause(code) {
+        audit.note(&Event::Closed { client, sub: Some(&conn.user), code: code.code(), reason: code.reason() });
+    }
     if code != CloseCode::Normal {
         close(&mut conn.ws, code).await;
     }
@@ -169,6 +213,9 @@ struct Connection {
     token: TokenClock,
     /// A refresh moved the token's clock: the loop re-arms its timer.
     token_changed: bool,
+    /// Where the connection comes from, for the audit trail.
+    peer: std::net::IpAddr,
+    client: std::net::IpAddr,
     pending: FuturesUnordered<Pending>,
 }
 
@@ -391,18 +438,27 @@ impl Connection {
             }
             Action::Resume { req, chats } => self.resume(req, chats).await,
             Action::Refresh { token } => {
+                let (peer, client) = (self.peer, self.client);
+                let audited = |sub: Option<&str>, jti: Option<&str>, result: &str| {
+                    self.shared.audit.record(&Event::Auth { peer, client, sub, jti, refresh: true, result })
+                };
                 let frame = match self.shared.auth.verify(&token, now_secs()) {
-                    Ok(v) if v.user == self.user => {
-                        metrics::counter!("edge_auth_total", "result" => "refreshed").increment(1);
-                        self.token_changed = true;
-                        ServerFrame::TokenRefreshed { exp: self.token.refresh(v.exp) }
-                    }
-                    Ok(_) => {
+                    Ok(v) if v.user == self.user => match audited(Some(&v.user), v.jti.as_deref(), "ok") {
+                        Ok(()) => {
+                            metrics::counter!("edge_auth_total", "result" => "refreshed").increment(1);
+                            self.token_changed = true;
+                            ServerFrame::TokenRefreshed { exp: self.token.refresh(v.exp) }
+                        }
+                        Err(_) => ServerFrame::error(None, ErrorCode::Unavailable, "refresh not recorded; retry"),
+                    },
+                    Ok(v) => {
                         metrics::counter!("edge_auth_total", "result" => "other_user").increment(1);
+                        let _ = audited(Some(&v.user), v.jti.as_deref(), "other_user");
                         ServerFrame::error(None, ErrorCode::Forbidden, "the token is for another user")
                     }
                     Err(err) => {
                         metrics::counter!("edge_auth_total", "result" => err.label()).increment(1);
+                        let _ = audited(None, None, err.label());
                         ServerFrame::error(None, ErrorCode::Unauthenticated, format!("token refused: {err}"))
                     }
                 };
@@ -488,6 +544,20 @@ async fn write_all(ws: &mut Ws, messages: Vec<Message>) -> Result<(), WsError> {
         ws.feed(m).await?;
     }
     ws.flush().await
+}
+
+/// Closes the audit trail records: abuse, limits and expiry, not ordinary goodbyes.
+fn for_cause(code: CloseCode) -> bool {
+    matches!(
+        code,
+        CloseCode::ProtocolError
+            | CloseCode::TooBig
+            | CloseCode::AuthTimeout
+            | CloseCode::RateLimited
+            | CloseCode::SlowConsumer
+            | CloseCode::TooManyConnections
+            | CloseCode::TokenExpired
+    )
 }
 
 /// A write missed its deadline: the peer stopped reading. It is closed as a slow consumer

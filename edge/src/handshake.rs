@@ -18,6 +18,7 @@ use crate::Services;
 use crate::admission::{client_ip, origin_allowed};
 use crate::auth::Verified;
 use crate::connection::encode;
+use audit::Event;
 
 pub(crate) type Ws = WebSocketStream<TcpStream>;
 
@@ -30,10 +31,17 @@ pub(crate) struct Upgrade {
     pub admitted: Option<IpTicket>,
 }
 
+impl Upgrade {
+    /// The client's address as admission saw it (the forwarded one behind a trusted proxy).
+    pub fn client(&self, peer: SocketAddr) -> IpAddr {
+        self.admitted.as_ref().map(|t| t.ip).unwrap_or(peer.ip())
+    }
+}
+
 /// One admitted connection of a client address; released when dropped.
 pub(crate) struct IpTicket {
     services: Arc<Services>,
-    ip: IpAddr,
+    pub ip: IpAddr,
 }
 
 impl Drop for IpTicket {
@@ -80,20 +88,25 @@ pub(crate) async fn upgrade(
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         // Admission first: a refused client costs no subprotocol or token work.
+        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        let client = client_ip(peer.ip(), forwarded, &shared.config.admission.trusted_proxies);
+        let refused = |reason: &str| {
+            metrics::counter!("edge_admission_refusals_total", "reason" => reason.to_owned()).increment(1);
+            shared.audit.note(&Event::Refused { peer: peer.ip(), client, reason });
+        };
         let origin = req.headers().get("origin").map(|v| v.to_str().unwrap_or("\u{fffd}"));
         if !origin_allowed(origin, &shared.config.admission.allowed_origins) {
-            metrics::counter!("edge_admission_refusals_total", "reason" => "origin").increment(1);
+            refused("origin");
             let mut err = ErrorResponse::new(Some("origin not allowed".into()));
             *err.status_mut() = StatusCode::FORBIDDEN;
             return Err(err);
         }
-        let forwarded = req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok());
         let ip = {
             let mut admission = shared.admission();
-            let ip = client_ip(peer.ip(), forwarded, &admission.config().trusted_proxies);
+            let ip = client;
             if let Err(refusal) = admission.admit(ip, Instant::now()) {
                 drop(admission);
-                metrics::counter!("edge_admission_refusals_total", "reason" => refusal.label()).increment(1);
+                refused(refusal.label());
                 let mut err = ErrorResponse::new(Some(format!("connection refused: {}", refusal.label())));
                 *err.status_mut() = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 err.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
@@ -148,6 +161,18 @@ pub(crate) fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// Why authentication failed: the close code, and the result for metrics and the audit
+/// trail.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AuthFailure {
+    pub code: CloseCode,
+    pub result: &'static str,
+}
+
+fn failed(code: CloseCode, result: &'static str) -> AuthFailure {
+    AuthFailure { code, result }
+}
+
 /// Waits for a valid token: from the upgrade, or the first frame. `now_secs` is the wall
 /// clock in seconds, for the token's expiry.
 pub(crate) async fn authenticate(
@@ -157,21 +182,21 @@ pub(crate) async fn authenticate(
     token: Option<String>,
     deadline: tokio::time::Instant,
     now_secs: impl FnOnce() -> u64,
-) -> Result<Verified, CloseCode> {
+) -> Result<Verified, AuthFailure> {
     let token = match token {
         Some(t) => t,
         None => loop {
             let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-                Err(_) => return Err(CloseCode::AuthTimeout),
-                Ok(None | Some(Err(_))) => return Err(CloseCode::Normal),
+                Err(_) => return Err(failed(CloseCode::AuthTimeout, "timeout")),
+                Ok(None | Some(Err(_))) => return Err(failed(CloseCode::Normal, "left")),
                 Ok(Some(Ok(m))) => m,
             };
             let bytes = match (&msg, encoding) {
                 (Message::Text(t), Encoding::Json) => t.as_bytes(),
                 (Message::Binary(b), Encoding::Bincode) => &b[..],
                 (Message::Ping(_) | Message::Pong(_), _) => continue,
-                (Message::Close(_), _) => return Err(CloseCode::Normal),
-                _ => return Err(CloseCode::ProtocolError),
+                (Message::Close(_), _) => return Err(failed(CloseCode::Normal, "left")),
+                _ => return Err(failed(CloseCode::ProtocolError, "protocol_error")),
             };
             match decode_client(encoding, bytes) {
                 Ok(ClientFrame::Auth { token }) => break token,
@@ -179,7 +204,7 @@ pub(crate) async fn authenticate(
                     let frame =
                         ServerFrame::error(None, ErrorCode::Unauthenticated, "authenticate first: send an auth frame");
                     let _ = ws.send(encode(encoding, &frame)).await;
-                    return Err(CloseCode::Unauthorized);
+                    return Err(failed(CloseCode::Unauthorized, "no_auth_frame"));
                 }
             }
         },
@@ -192,7 +217,7 @@ pub(crate) async fn authenticate(
         Err(err) => {
             metrics::counter!("edge_auth_total", "result" => err.label()).increment(1);
             tracing::debug!(error = %err, "authentication failed");
-            Err(CloseCode::Unauthorized)
+            Err(failed(CloseCode::Unauthorized, err.label()))
         }
     }
 }

@@ -71,6 +71,8 @@ pub(crate) struct Services {
     hub: Arc<Hub>,
     /// Connection caps and connect rates; held briefly per connect and per disconnect.
     admission: std::sync::Mutex<admission::Admission>,
+    /// Authentication results, refusals and closes for cause.
+    audit: Arc<audit::AuditLog>,
 }
 
 impl Services {
@@ -94,10 +96,23 @@ impl Edge {
         let (hub, runner) = Hub::new(router.clone(), config.bus_inbox_capacity, config.outbound_queue_bytes);
         let admission =
             std::sync::Mutex::new(admission::Admission::new(config.admission.clone(), std::time::Instant::now()));
-        Edge { shared: Arc::new(Services { config, auth, router, hub, admission }), runner, health: Health::default() }
+        let audit = Arc::new(audit::AuditLog::off());
+        Edge {
+            shared: Arc::new(Services { config, auth, router, hub, admission, audit }),
+            runner,
+            health: Health::default(),
+        }
     }
 
     /// The readiness flag this edge maintains.
+    /// Writes the audit trail to `audit` (by default there is none).
+    pub fn with_audit(mut self, audit: Arc<audit::AuditLog>) -> Self {
+        if let Some(services) = Arc::get_mut(&mut self.shared) {
+            services.audit = audit;
+        }
+        self
+    }
+
     pub fn health(&self) -> Health {
         self.health.clone()
     }

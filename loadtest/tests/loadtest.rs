@@ -52,6 +52,7 @@ async fn node() -> Node {
         cql: None,
         auth,
         shutdown_deadline: Duration::from_secs(5),
+        audit: std::sync::Arc::new(audit::AuditLog::off()),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -68,6 +68,8 @@ pub(crate) struct Services {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub clock: SharedClock,
+    /// Membership changes, deletes and chat creations, before they are acknowledged.
+    pub audit: Arc<audit::AuditLog>,
 }
 
 /// One request as it waits for its turn.
@@ -89,12 +91,19 @@ impl Router {
     pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, config: RouterConfig) -> Self {
         // Random: a restarted router is a new ring member, and ids never collide in practice.
         let id = rand::random::<u64>();
-        Router { services: Services { store, bus, clock: Arc::new(SystemClock) }, config, id }
+        let audit = Arc::new(audit::AuditLog::off());
+        Router { services: Services { store, bus, clock: Arc::new(SystemClock), audit }, config, id }
     }
 
     /// Reads event timestamps from `clock` instead of the system clock.
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.services.clock = clock;
+        self
+    }
+
+    /// Writes the audit trail to `audit` (by default there is none).
+    pub fn with_audit(mut self, audit: Arc<audit::AuditLog>) -> Self {
+        self.services.audit = audit;
         self
     }
 

@@ -60,8 +60,21 @@ async fn create_chat(services: &Services, user: &str, kind: ChatKind, title: &st
             Ok(new) => new,
             Err(why) => return RouterReply::error(ErrorCode::Invalid, why),
         };
+        let members: Vec<UserId> = new.members.iter().map(|(u, _)| u.clone()).collect();
+        let audited = |outcome, chat| audit::Event::ChatCreated {
+            actor: user,
+            outcome,
+            chat,
+            kind: kind_name(kind),
+            members: &members,
+        };
+        if let Err(err) = services.audit.record(&audited(audit::Outcome::Requested, id)) {
+            tracing::error!(error = %err, "refusing a chat creation that could not be audited");
+            return RouterReply::error(ErrorCode::Unavailable, "audit unavailable; retry");
+        }
         match services.store.create_chat(new.clone()).await {
             Ok(Created::New { chat, event }) => {
+                services.audit.note(&audited(audit::Outcome::Committed, chat));
                 for (member, _) in &new.members {
                     let joined = BusEvent::Joined { chat, user: member.clone(), event: event.clone() };
                     publish(&*services.bus, &user_subject(member), &joined).await;
@@ -84,6 +97,14 @@ async fn create_chat(services: &Services, user: &str, kind: ChatKind, title: &st
         }
     }
     store_error(StoreError::IdCollision)
+}
+
+fn kind_name(kind: ChatKind) -> &'static str {
+    match kind {
+        ChatKind::Direct => "direct",
+        ChatKind::Group => "group",
+        ChatKind::Broadcast => "broadcast",
+    }
 }
 
 async fn history(

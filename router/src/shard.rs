@@ -19,7 +19,7 @@ use std::pin::Pin;
 use bus::Bus;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use persistence::{Append, Appended, StoreError};
+use persistence::{Append, Appended, Mutation, StoreError};
 use protocol::envelope::{BusEvent, RouterReply, chat_subject, user_subject};
 use protocol::{ChatId, ChatKind, ErrorCode, EventBody, Role};
 use rules::request::{ChatFacts, Decision};
@@ -128,6 +128,15 @@ impl Shard {
                 }));
             }
             Decision::Append(mutation) => {
+                // Membership changes and deletes are audited before they happen; without the
+                // record, they do not happen.
+                if let Some(event) = requested(&job.request.user, chat, &mutation)
+                    && let Err(err) = self.services.audit.record(&event)
+                {
+                    tracing::error!(error = %err, "refusing an act that could not be audited");
+                    let reply = RouterReply::error(ErrorCode::Unavailable, "audit unavailable; retry");
+                    return answer(&*self.services.bus, &job, reply).await;
+                }
                 let barrier = mutation.is_barrier();
                 if barrier {
                     self.drain().await;
@@ -154,6 +163,7 @@ impl Shard {
                 let reply = match result {
                     Ok(Appended::New(event)) => {
                         metrics::counter!("router_appends_total").increment(1);
+                        committed(&self.services.audit, &job.request.user, chat, &event);
                         let (seq, ts) = (event.seq, event.ts);
                         if let EventBody::MembersAdded { users, .. } = &event.body {
                             for u in users {
@@ -185,6 +195,47 @@ impl Shard {
                 answer(bus, &job, reply).await;
             }
         }
+    }
+}
+
+/// The audit record of a sensitive act about to be appended: membership changes and
+/// deletes; `None` for anything else.
+fn requested<'a>(actor: &'a str, chat: ChatId, mutation: &'a Mutation) -> Option<audit::Event<'a>> {
+    let (outcome, seq) = (audit::Outcome::Requested, None);
+    match mutation {
+        Mutation::AddMembers { users, role } => {
+            Some(audit::Event::MembersAdded { actor, outcome, chat, seq, users, role: role_name(*role) })
+        }
+        Mutation::RemoveMembers { users } => Some(audit::Event::MembersRemoved { actor, outcome, chat, seq, users }),
+        Mutation::Delete { target } => {
+            Some(audit::Event::MessageDeleted { actor, outcome, chat, seq, target: *target })
+        }
+        Mutation::Message { .. } | Mutation::Edit { .. } => None,
+    }
+}
+
+/// Records that an audited act was committed (a failure is counted; the act stands, and its
+/// `requested` record exists).
+fn committed(audit: &audit::AuditLog, actor: &str, chat: ChatId, event: &protocol::Event) {
+    let (outcome, seq) = (audit::Outcome::Committed, Some(event.seq));
+    match &event.body {
+        EventBody::MembersAdded { users, role } => {
+            audit.note(&audit::Event::MembersAdded { actor, outcome, chat, seq, users, role: role_name(*role) })
+        }
+        EventBody::MembersRemoved { users } => {
+            audit.note(&audit::Event::MembersRemoved { actor, outcome, chat, seq, users })
+        }
+        EventBody::Deleted { target } => {
+            audit.note(&audit::Event::MessageDeleted { actor, outcome, chat, seq, target: *target })
+        }
+        _ => {}
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Member => "member",
     }
 }
 
@@ -298,6 +349,10 @@ mod tests {
 
     /// A shard over a group chat where `admin` is admin and `member` a member.
     async fn harness() -> Harness {
+        harness_with(|_| Arc::new(audit::AuditLog::off())).await
+    }
+
+    async fn harness_with(audit: impl FnOnce(&std::path::Path) -> Arc<audit::AuditLog>) -> Harness {
         let dir = tempfile::tempdir().expect("temp dir");
         let inner = EmbeddedStore::open(EmbeddedConfig::new(dir.path().join("db.redb"))).expect("open store");
         let new = NewChat::plan(CHAT, 1, ChatKind::Group, "g", "admin", &["member".to_string()]).expect("valid");
@@ -311,7 +366,8 @@ mod tests {
         for i in 0..16 {
             subscriptions.push(bus.subscribe(&format!("reply.{i}"), None, sink.clone()).await.expect("sub"));
         }
-        let services = Services { store, bus, clock: Arc::new(FixedClock(NOW)) };
+        let audit = audit(dir.path());
+        let services = Services { store, bus, clock: Arc::new(FixedClock(NOW)), audit };
         let (jobs, rx) = mpsc::channel(64);
         tokio::spawn(Shard::new(services, 100).run(rx));
         Harness { jobs, held, out, reads, _subscriptions: subscriptions, _dir: dir }
@@ -454,5 +510,51 @@ mod tests {
         }
         assert_eq!(reads(&h), (1, 4, 2));
         h.nothing_held().await;
+    }
+
+    #[tokio::test]
+    async fn membership_changes_are_audited_before_and_after_and_not_done_without_a_record() {
+        let mut h =
+            harness_with(|dir| Arc::new(audit::AuditLog::file(&dir.join("audit.log"), "router").expect("open"))).await;
+        let path = h._dir.path().join("audit.log");
+        let add = RouterOp::AddMembers { chat: CHAT, users: vec!["newcomer".into()], role: Role::Member };
+        h.submit(0, "admin", add).await;
+        let held = h.held().await;
+        // The change is in the store, not yet acknowledged: its `requested` record is written.
+        let lines = std::fs::read_to_string(&path).expect("audit log");
+        assert!(lines.contains(r#""event":"members_added""#) && lines.contains(r#""outcome":"requested""#), "{lines}");
+        assert!(!lines.contains("committed"), "{lines}");
+        let _ = held.release.send(());
+        loop {
+            let (subject, reply, _) = h.next_out().await;
+            if subject == "reply.0" {
+                assert_eq!(ack(reply).0, 2);
+                break;
+            }
+        }
+        let lines = std::fs::read_to_string(&path).expect("audit log");
+        let committed = lines.lines().find(|l| l.contains("committed")).expect("a committed record");
+        assert!(committed.contains(r#""seq":2"#) && committed.contains(r#""actor":"admin""#), "{committed}");
+
+        // An audit trail that cannot be written refuses the act: nothing reaches the store.
+        struct Broken;
+        impl std::io::Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk full"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut h = harness_with(|_| Arc::new(audit::AuditLog::writer("router", Box::new(Broken)))).await;
+        let remove = RouterOp::RemoveMembers { chat: CHAT, users: vec!["member".into()] };
+        h.submit(1, "admin", remove).await;
+        let (subject, reply, _) = h.next_out().await;
+        assert_eq!(subject, "reply.1");
+        assert!(matches!(reply, Some(RouterReply::Error { code: ErrorCode::Unavailable, .. })), "{reply:?}");
+        h.nothing_held().await;
+        // Ordinary sends are not audited, so they go on.
+        h.submit(2, "member", send("still-here")).await;
+        let _ = h.held().await.release.send(());
     }
 }

@@ -19,6 +19,7 @@ pub struct EdgeNodeConfig {
     pub auth: Authenticator,
     pub nats: bus::nats::NatsConfig,
     pub shutdown_deadline: Duration,
+    pub audit: Arc<audit::AuditLog>,
 }
 
 /// Runs an edge until `shutdown`, then drains it.
@@ -30,7 +31,7 @@ pub async fn run_edge(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
-    let edge = Edge::new(config.edge, config.auth, bus.clone());
+    let edge = Edge::new(config.edge, config.auth, bus.clone()).with_audit(config.audit);
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
     edge.run(listener, shutdown, config.shutdown_deadline).await;
@@ -46,6 +47,7 @@ pub struct RouterNodeConfig {
     pub cql: CqlConfig,
     pub nats: bus::nats::NatsConfig,
     pub shutdown_deadline: Duration,
+    pub audit: Arc<audit::AuditLog>,
 }
 
 /// Runs a router until `shutdown`, then finishes what is in flight (within the deadline).
@@ -60,7 +62,8 @@ pub async fn run_router(
     let admin_task = tokio::spawn(edge::admin::serve(admin, health.clone(), render, admin_stop.clone()));
     let store: Arc<dyn Store> = Arc::new(CqlStore::connect(&config.cql).await.context("connect to the CQL database")?);
     let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
-    let router = Router::new(store, bus.clone(), config.router).bind().await.context("subscribe")?;
+    let router =
+        Router::new(store, bus.clone(), config.router).with_audit(config.audit).bind().await.context("subscribe")?;
     health.set_ready(true);
     let stop = CancellationToken::new();
     let task = tokio::spawn(router.run(stop.clone()));

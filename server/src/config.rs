@@ -76,6 +76,10 @@ pub struct ClientFacingArgs {
     /// Time allowed for a graceful shutdown after SIGTERM before remaining clients are cut.
     #[arg(long, env = "MESSENGER_SHUTDOWN_DEADLINE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_deadline: Duration,
+    /// The audit trail: `stdout` (one JSON line per record, after the startup lines), a file
+    /// path (appended, created 0600), or `off`.
+    #[arg(long, env = "MESSENGER_AUDIT_LOG", default_value = "stdout")]
+    pub audit_log: String,
     #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
@@ -93,6 +97,9 @@ pub struct RouterNodeArgs {
     /// Router sequencing shards.
     #[arg(long, env = "MESSENGER_ROUTER_SHARDS", default_value_t = RouterConfig::DEFAULT_SHARDS)]
     pub router_shards: usize,
+    /// The audit trail: `stdout`, a file path, or `off` (see the client-facing nodes).
+    #[arg(long, env = "MESSENGER_AUDIT_LOG", default_value = "stdout")]
+    pub audit_log: String,
     #[command(flatten)]
     pub cql: CqlArgs,
     #[command(flatten)]

@@ -210,6 +210,7 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
         _ => None,
     };
     Ok(StandaloneConfig {
+        audit: audit_log(&args.node.audit_log, "standalone")?,
         cql,
         data_dir: args.node.data_dir.clone(),
         edge,
@@ -220,6 +221,16 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
     })
 }
 
+/// The audit sink named by `--audit-log`.
+fn audit_log(spec: &str, node: &str) -> anyhow::Result<Arc<audit::AuditLog>> {
+    Ok(Arc::new(match spec {
+        "off" => audit::AuditLog::off(),
+        "stdout" | "-" => audit::AuditLog::stdout(node),
+        path => audit::AuditLog::file(std::path::Path::new(path), node)
+            .with_context(|| format!("open the audit log {path}"))?,
+    }))
+}
+
 fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeConfig> {
     // A cluster edge never makes up a development secret of its own: every token minted by
     // the cluster's token service would fail on it, silently.
@@ -227,6 +238,7 @@ fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeCo
         anyhow::bail!("an edge needs the cluster's token key: give --jwt-secret or --jwt-public-key");
     }
     Ok(EdgeNodeConfig {
+        audit: audit_log(&args.node.audit_log, &format!("edge-{}", args.node.listen))?,
         edge: args.node.edge.to_config().map_err(anyhow::Error::msg)?,
         auth: authenticator(&args.node.auth, &args.node.data_dir)?,
         nats: args.nats.to_config(&format!("edge-{}", args.node.listen)).map_err(anyhow::Error::msg)?,
@@ -236,6 +248,7 @@ fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeCo
 
 fn router_config(args: &server::config::RouterNodeArgs) -> anyhow::Result<RouterNodeConfig> {
     Ok(RouterNodeConfig {
+        audit: audit_log(&args.audit_log, "router")?,
         router: router_config_from(args.router_shards)?,
         cql: args.cql.to_config().map_err(anyhow::Error::msg)?,
         nats: args.nats.to_config("router").map_err(anyhow::Error::msg)?,

@@ -23,6 +23,8 @@ pub struct StandaloneConfig {
     pub cql: Option<persistence::CqlConfig>,
     pub auth: Authenticator,
     pub shutdown_deadline: Duration,
+    /// The audit trail (edge and router records alike).
+    pub audit: Arc<audit::AuditLog>,
 }
 
 /// File name of the embedded store inside the data directory.
@@ -48,11 +50,11 @@ pub async fn run(
     let bus = Arc::new(LocalBus::new());
 
     let router_stop = CancellationToken::new();
-    let router = Router::new(store.clone(), bus.clone(), config.router);
+    let router = Router::new(store.clone(), bus.clone(), config.router).with_audit(config.audit.clone());
     let router = router.bind().await.context("router")?;
     let router_task = tokio::spawn(router.run(router_stop.clone()));
 
-    let edge = Edge::new(config.edge, config.auth, bus);
+    let edge = Edge::new(config.edge, config.auth, bus).with_audit(config.audit);
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
 

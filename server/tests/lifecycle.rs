@@ -211,3 +211,73 @@ async fn a_new_data_directory_is_private() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
 }
+
+/// Every audited act leaves one JSON line with who, what, when and from where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_acts_leave_audit_records() {
+    let temp = tempfile::tempdir().unwrap();
+    let log = temp.path().join("audit.log");
+    let server = TestServer::start(&["--audit-log", log.to_str().unwrap(), "--max-connections-per-user", "1"]);
+    let mut alice = server.connect("alice", Json).await;
+    let chat = created(&alice.create_chat(ChatKind::Group, "team", &["bob"]).await.unwrap());
+    acked(
+        &alice
+            .request(|req| ClientFrame::AddMembers {
+                req,
+                chat,
+                users: vec!["carol".into()],
+                role: protocol::Role::Member,
+            })
+            .await
+            .unwrap(),
+    );
+    let (seq, _) = acked(&alice.send_message(chat, "m1", "to be deleted").await.unwrap());
+    acked(&alice.request(|req| ClientFrame::Delete { req, chat, target: seq }).await.unwrap());
+    acked(&alice.request(|req| ClientFrame::RemoveMembers { req, chat, users: vec!["bob".into()] }).await.unwrap());
+    // A refused token, and a second device over the cap (4011).
+    let mut bad = Client::open(&server.ws, Some("not-a-jwt"), client::TokenIn::Query, Json).await.unwrap();
+    assert_eq!(bad.closed_code(Duration::from_secs(5)).await, Some(4001));
+    let mut second =
+        Client::open(&server.ws, Some(&server.token("alice")), client::TokenIn::Query, Json).await.unwrap();
+    assert_eq!(second.closed_code(Duration::from_secs(5)).await, Some(4011));
+    let records: Vec<serde_json::Value> =
+        testkit::poll_until("the audit records", Duration::from_secs(5), async || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            (records.iter().filter(|r| r["event"] == "closed").count() >= 1).then_some(records)
+        })
+        .await;
+    let find = |event: &str, outcome: Option<&str>| {
+        records
+            .iter()
+            .find(|r| r["event"] == event && outcome.is_none_or(|o| r["outcome"] == o))
+            .unwrap_or_else(|| panic!("no {event} {outcome:?} record in {records:#?}"))
+    };
+    let auth = find("auth", None);
+    assert_eq!(
+        (auth["sub"].as_str(), auth["result"].as_str(), auth["client"].as_str()),
+        (Some("alice"), Some("ok"), Some("127.0.0.1"))
+    );
+    assert_eq!(auth["node"], "standalone");
+    assert!(auth["ts_ms"].as_u64().unwrap() > 0);
+    let refused = records.iter().find(|r| r["event"] == "auth" && r["result"] == "invalid").expect("refused token");
+    assert!(refused.get("sub").is_none());
+    let created = find("chat_created", Some("committed"));
+    assert_eq!((created["actor"].as_str(), created["chat"].as_u64()), (Some("alice"), Some(chat)));
+    assert_eq!(find("chat_created", Some("requested"))["members"], serde_json::json!(["alice", "bob"]));
+    let added = find("members_added", Some("committed"));
+    assert_eq!((added["users"].clone(), added["role"].as_str()), (serde_json::json!(["carol"]), Some("member")));
+    let deleted = find("message_deleted", Some("committed"));
+    assert_eq!((deleted["actor"].as_str(), deleted["target"].as_u64()), (Some("alice"), Some(seq)));
+    assert_eq!(find("members_removed", Some("committed"))["users"], serde_json::json!(["bob"]));
+    let closed = find("closed", None);
+    assert_eq!(
+        (closed["code"].as_u64(), closed["reason"].as_str(), closed["sub"].as_str()),
+        (Some(4011), Some("too_many_connections"), Some("alice"))
+    );
+    // Requested comes before committed.
+    let position = |event: &str, outcome: &str| {
+        records.iter().position(|r| r["event"] == event && r["outcome"] == outcome).unwrap()
+    };
+    assert!(position("members_added", "requested") < position("members_added", "committed"));
+}

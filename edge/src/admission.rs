@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::ratelimit::TokenBucket;
@@ -162,10 +163,28 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr]) ->
     client
 }
 
+/// One client address: its connections and its connect-rate bucket, kept small (24 bytes)
+/// since a node may track one per connection.
 struct IpEntry {
-    connections: usize,
-    rate: TokenBucket,
-    last_seen: Instant,
+    connections: u32,
+    tokens: f32,
+    last: Instant,
+}
+
+impl IpEntry {
+    /// A token bucket (rate per second, burst) stored in two fields; the rate and burst come
+    /// from the configuration rather than a copy in every entry.
+    fn try_take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate as f32).min(burst as f32);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Entries of addresses kept at most before idle ones are forgotten (their rate bucket would
@@ -178,7 +197,8 @@ pub struct Admission {
     connections: usize,
     node_rate: TokenBucket,
     ips: HashMap<IpAddr, IpEntry>,
-    users: HashMap<String, usize>,
+    /// Keyed by the same `Arc` the connection and the hub hold: no copy of the id per user.
+    users: HashMap<Arc<str>, u32>,
 }
 
 impl Admission {
@@ -201,16 +221,11 @@ impl Admission {
             self.forget_idle(now);
         }
         let (rate, burst) = (self.config.ip_connect_rate, self.config.ip_connect_burst);
-        let entry = self.ips.entry(ip).or_insert_with(|| IpEntry {
-            connections: 0,
-            rate: TokenBucket::new(rate, burst, now),
-            last_seen: now,
-        });
-        entry.last_seen = now;
-        if entry.connections >= self.config.max_connections_per_ip {
+        let entry = self.ips.entry(ip).or_insert_with(|| IpEntry { connections: 0, tokens: burst as f32, last: now });
+        if entry.connections as usize >= self.config.max_connections_per_ip {
             return Err(Refusal::IpFull);
         }
-        if !entry.rate.try_take(now) {
+        if !entry.try_take(rate, burst, now) {
             return Err(Refusal::IpRate);
         }
         if !self.node_rate.try_take(now) {
@@ -231,12 +246,12 @@ impl Admission {
 
     /// An authenticated connection of `user`. On success the caller holds one of the user's
     /// connections until [`Admission::release_user`].
-    pub fn admit_user(&mut self, user: &str) -> Result<(), Refusal> {
+    pub fn admit_user(&mut self, user: &Arc<str>) -> Result<(), Refusal> {
         let held = self.users.get(user).copied().unwrap_or(0);
-        if held >= self.config.max_connections_per_user {
+        if held as usize >= self.config.max_connections_per_user {
             return Err(Refusal::UserFull);
         }
-        *self.users.entry(user.to_owned()).or_insert(0) += 1;
+        *self.users.entry(user.clone()).or_insert(0) += 1;
         Ok(())
     }
 
@@ -259,7 +274,7 @@ impl Admission {
         let refill = Duration::from_secs_f64(
             f64::from(self.config.ip_connect_burst) / f64::from(self.config.ip_connect_rate.max(1)),
         );
-        self.ips.retain(|_, e| e.connections > 0 || now.saturating_duration_since(e.last_seen) < refill);
+        self.ips.retain(|_, e| e.connections > 0 || now.saturating_duration_since(e.last) < refill);
     }
 }
 
@@ -346,12 +361,13 @@ mod tests {
     #[test]
     fn users_are_capped_per_node() {
         let mut a = Admission::new(config(), Instant::now());
-        assert_eq!(a.admit_user("u"), Ok(()));
-        assert_eq!(a.admit_user("u"), Ok(()));
-        assert_eq!(a.admit_user("u"), Err(Refusal::UserFull));
-        assert_eq!(a.admit_user("v"), Ok(()));
+        let (u, v): (Arc<str>, Arc<str>) = (Arc::from("u"), Arc::from("v"));
+        assert_eq!(a.admit_user(&u), Ok(()));
+        assert_eq!(a.admit_user(&u), Ok(()));
+        assert_eq!(a.admit_user(&u), Err(Refusal::UserFull));
+        assert_eq!(a.admit_user(&v), Ok(()));
         a.release_user("u");
-        assert_eq!(a.admit_user("u"), Ok(()));
+        assert_eq!(a.admit_user(&u), Ok(()));
     }
 
     #[test]

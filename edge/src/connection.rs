@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::Services;
-use crate::handshake::{UserTicket, Ws, authenticate, upgrade};
+use crate::handshake::{Upgrade, UserTicket, Ws, authenticate, upgrade};
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
 use crate::session::{Action, Holding, Session, TokenClock, TokenStep, action, reply_frame};
@@ -96,14 +96,15 @@ pub(crate) async fn serve(
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
     let Some((mut ws, upgrade)) = upgrade(stream, peer, &shared, deadline).await else { return };
-    let encoding = upgrade.encoding.unwrap_or(Encoding::Json);
+    let client = upgrade.client(peer);
+    // Only the admission ticket lives on with the connection; the token's bytes do not.
+    let Upgrade { encoding, token, admitted: _admitted } = upgrade;
+    let encoding = encoding.unwrap_or(Encoding::Json);
     if draining.is_cancelled() {
         close(&mut ws, CloseCode::GoingAway).await;
         return;
     }
-    let client = upgrade.client(peer);
     let audit = &shared.audit;
-    let token = upgrade.token.clone();
     let (user, token_exp) = match authenticate(&mut ws, &shared, encoding, token, deadline, now_secs).await {
         Ok(verified) => {
             let ok = Event::Auth {
@@ -145,7 +146,8 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let _device = match UserTicket::take(&shared, &user) {
+    let user_id: Arc<str> = Arc::from(user.as_str());
+    let _device = match UserTicket::take(&shared, &user_id) {
         Ok(ticket) => ticket,
         Err(code) => {
             audit.note(&Event::Closed { client, sub: Some(&user), code: code.code(), reason: code.reason() });
@@ -154,7 +156,7 @@ pub(crate) async fn serve(
         }
     };
     let outbox = Arc::new(Outbox::new());
-    let handle = ConnHandle { user: Arc::from(user.as_str()), encoding, outbox: outbox.clone() };
+    let handle = ConnHandle { user: user_id.clone(), encoding, outbox: outbox.clone() };
     if let Err(err) = shared.hub.attach(id, handle).await {
         // Without its subscriptions the connection would silently miss live events: close it
         // (1011) so the client reconnects and resumes.
@@ -236,16 +238,18 @@ impl Connection {
             return code;
         }
         let idle = self.shared.config.idle_timeout;
-        let idle_timer = tokio::time::sleep(idle);
-        tokio::pin!(idle_timer);
-        // Checked at once: a token that expires within the warning period is warned about
-        // right after `hello`.
-        let token_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(token_timer);
+        // One timer serves both the idle deadline and the token's clock (a timer costs memory
+        // on every idle connection). The token is looked at once at the start: one that
+        // expires within the warning period is warned about right after `hello`.
+        let mut idle_at = tokio::time::Instant::now() + idle;
+        let mut token_at = tokio::time::Instant::now();
+        let timer = tokio::time::sleep_until(idle_at.min(token_at));
+        tokio::pin!(timer);
         let mut batch = Vec::new();
         loop {
             if std::mem::take(&mut self.token_changed) {
-                token_timer.as_mut().reset(tokio::time::Instant::now());
+                token_at = tokio::time::Instant::now();
+                timer.as_mut().reset(idle_at.min(token_at));
             }
             let can_read = self.pending.len() < self.shared.config.max_inflight_requests;
             let step = tokio::select! {
@@ -260,24 +264,30 @@ impl Connection {
                     None => Step::Close(CloseCode::Normal),
                     Some(Err(err)) => Step::Close(read_error(&err)),
                     Some(Ok(msg)) => {
-                        idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                        idle_at = tokio::time::Instant::now() + idle;
+                        timer.as_mut().reset(idle_at.min(token_at));
                         self.on_message(msg).await
                     }
                 },
-                _ = &mut idle_timer => Step::Close(CloseCode::IdleTimeout),
-                _ = &mut token_timer => {
-                    let now = now_secs();
-                    let at = |secs: u64| tokio::time::Instant::now() + Duration::from_secs(secs.saturating_sub(now).max(1));
-                    match self.token.step(now) {
-                        TokenStep::Expire => Step::Close(CloseCode::TokenExpired),
-                        TokenStep::WaitUntil(next) => {
-                            token_timer.as_mut().reset(at(next));
-                            Step::Continue
-                        }
-                        TokenStep::Warn { exp, next } => {
-                            token_timer.as_mut().reset(at(next));
-                            self.push_reply(encode(self.encoding, &ServerFrame::TokenExpiring { exp }))
-                        }
+                _ = &mut timer => {
+                    if tokio::time::Instant::now() >= idle_at {
+                        Step::Close(CloseCode::IdleTimeout)
+                    } else {
+                        let now = now_secs();
+                        let at = |secs: u64| tokio::time::Instant::now() + Duration::from_secs(secs.saturating_sub(now).max(1));
+                        let step = match self.token.step(now) {
+                            TokenStep::Expire => Step::Close(CloseCode::TokenExpired),
+                            TokenStep::WaitUntil(next) => {
+                                token_at = at(next);
+                                Step::Continue
+                            }
+                            TokenStep::Warn { exp, next } => {
+                                token_at = at(next);
+                                self.push_reply(encode(self.encoding, &ServerFrame::TokenExpiring { exp }))
+                            }
+                        };
+                        timer.as_mut().reset(idle_at.min(token_at));
+                        step
                     }
                 }
             };

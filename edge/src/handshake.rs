@@ -53,14 +53,14 @@ impl Drop for IpTicket {
 /// One of a user's connections (devices) on this node; released when dropped.
 pub(crate) struct UserTicket {
     services: Arc<Services>,
-    user: String,
+    user: Arc<str>,
 }
 
 impl UserTicket {
     /// Takes a place among `user`'s connections, or refuses with 4011.
-    pub(crate) fn take(services: &Arc<Services>, user: &str) -> Result<UserTicket, CloseCode> {
+    pub(crate) fn take(services: &Arc<Services>, user: &Arc<str>) -> Result<UserTicket, CloseCode> {
         match services.admission().admit_user(user) {
-            Ok(()) => Ok(UserTicket { services: services.clone(), user: user.to_owned() }),
+            Ok(()) => Ok(UserTicket { services: services.clone(), user: user.clone() }),
             Err(refusal) => {
                 metrics::counter!("edge_admission_refusals_total", "reason" => refusal.label()).increment(1);
                 Err(CloseCode::TooManyConnections)

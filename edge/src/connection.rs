@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::Services;
-use crate::handshake::{Upgrade, UserTicket, Ws, authenticate, upgrade};
+use crate::handshake::{AuthFailure, Upgrade, UserTicket, Ws, authenticate, upgrade};
 use crate::hub::{ConnHandle, ConnId};
 use crate::outbox::{Outbox, Outgoing, Status};
 use crate::session::{Action, Holding, Session, TokenClock, TokenStep, action, reply_frame};
@@ -107,16 +107,8 @@ pub(crate) async fn serve(
     let audit = &shared.audit;
     let (user, token_exp) = match authenticate(&mut ws, &shared, encoding, token, deadline, now_secs).await {
         Ok(verified) => {
-            let ok = Event::Auth {
-                peer: peer.ip(),
-                client,
-                sub: Some(&verified.user),
-                jti: verified.jti.as_deref(),
-                refresh: false,
-                result: "ok",
-            };
             // No session without its audit record.
-            if let Err(err) = audit.record(&ok) {
+            if let Err(err) = audit_auth(audit, peer.ip(), client, Ok(&verified)) {
                 tracing::error!(error = %err, "refusing a connection that could not be audited");
                 close(&mut ws, CloseCode::InternalError).await;
                 return;
@@ -124,24 +116,7 @@ pub(crate) async fn serve(
             (verified.user, verified.exp)
         }
         Err(failure) => {
-            if failure.code == CloseCode::AuthTimeout {
-                audit.note(&Event::Closed {
-                    client,
-                    sub: None,
-                    code: failure.code.code(),
-                    reason: failure.code.reason(),
-                });
-            } else if failure.result != "left" {
-                let refused = Event::Auth {
-                    peer: peer.ip(),
-                    client,
-                    sub: None,
-                    jti: None,
-                    refresh: false,
-                    result: failure.result,
-                };
-                audit.note(&refused);
-            }
+            let _ = audit_auth(audit, peer.ip(), client, Err(failure));
             close(&mut ws, failure.code).await;
             return;
         }
@@ -150,7 +125,7 @@ pub(crate) async fn serve(
     let _device = match UserTicket::take(&shared, &user_id) {
         Ok(ticket) => ticket,
         Err(code) => {
-            audit.note(&Event::Closed { client, sub: Some(&user), code: code.code(), reason: code.reason() });
+            audit_close(audit, client, Some(&user), code);
             close(&mut ws, code).await;
             return;
         }
@@ -197,7 +172,7 @@ pub(crate) async fn serve(
     metrics::gauge!("edge_connections").decrement(1.0);
     tracing::debug!(conn = id, reason = code.reason(), "connection closed");
     if for_cause(code) {
-        audit.note(&Event::Closed { client, sub: Some(&conn.user), code: code.code(), reason: code.reason() });
+        audit_close(audit, client, Some(&conn.user), code);
     }
     if code != CloseCode::Normal {
         close(&mut conn.ws, code).await;
@@ -554,6 +529,32 @@ async fn write_all(ws: &mut Ws, messages: Vec<Message>) -> Result<(), WsError> {
         ws.feed(m).await?;
     }
     ws.flush().await
+}
+
+/// Records the outcome of authentication at connect. Kept out of `serve` (a plain
+/// function, not part of the connection's future), so the record's space is not carried in
+/// every idle connection's task.
+fn audit_auth(
+    audit: &audit::AuditLog,
+    peer: std::net::IpAddr,
+    client: std::net::IpAddr,
+    outcome: Result<&crate::auth::Verified, AuthFailure>,
+) -> Result<(), audit::AuditError> {
+    let event = match outcome {
+        Ok(v) => Event::Auth { peer, client, sub: Some(&v.user), jti: v.jti.as_deref(), refresh: false, result: "ok" },
+        Err(f) if f.code == CloseCode::AuthTimeout => {
+            Event::Closed { client, sub: None, code: f.code.code(), reason: f.code.reason() }
+        }
+        // The client left before authenticating: nothing happened worth recording.
+        Err(f) if f.result == "left" => return Ok(()),
+        Err(f) => Event::Auth { peer, client, sub: None, jti: None, refresh: false, result: f.result },
+    };
+    audit.record(&event)
+}
+
+/// Records a close for cause (see [`for_cause`]), outside the connection's future.
+fn audit_close(audit: &audit::AuditLog, client: std::net::IpAddr, sub: Option<&str>, code: CloseCode) {
+    audit.note(&Event::Closed { client, sub, code: code.code(), reason: code.reason() });
 }
 
 /// Closes the audit trail records: abuse, limits and expiry, not ordinary goodbyes.

@@ -95,7 +95,10 @@ pub(crate) async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
-    let Some((mut ws, upgrade)) = upgrade(stream, peer, &shared, deadline).await else { return };
+    // The handshake and the authentication run boxed: a task's allocation is as large as the
+    // largest state of its future, for the whole life of the connection, and the handshake's
+    // state machine is the largest. Boxed, it is freed once the connection is up.
+    let Some((mut ws, upgrade)) = Box::pin(upgrade(stream, peer, &shared, deadline)).await else { return };
     let client = upgrade.client(peer);
     // Only the admission ticket lives on with the connection; the token's bytes do not.
     let Upgrade { encoding, token, admitted: _admitted } = upgrade;
@@ -105,7 +108,7 @@ pub(crate) async fn serve(
         return;
     }
     let audit = &shared.audit;
-    let (user, token_exp) = match authenticate(&mut ws, &shared, encoding, token, deadline, now_secs).await {
+    let (user, token_exp) = match Box::pin(authenticate(&mut ws, &shared, encoding, token, deadline, now_secs)).await {
         Ok(verified) => {
             // No session without its audit record.
             if let Err(err) = audit_auth(audit, peer.ip(), client, Ok(&verified)) {
@@ -287,7 +290,8 @@ impl Connection {
         let max = if self.outbox.status() == Status::GoAway { usize::MAX } else { WRITE_BATCH };
         match self.outbox.drain_into(batch, max) {
             Status::Overflowed => return Step::Close(CloseCode::SlowConsumer),
-            Status::GoAway => return self.leave(batch).await,
+            // Rare and large (boxed for the same reason as the handshake).
+            Status::GoAway => return Box::pin(self.leave(batch)).await,
             Status::Open => {}
         }
         let mut to_write = Vec::with_capacity(batch.len());
@@ -421,7 +425,8 @@ impl Connection {
                 router.tell(&self.user, op).await;
                 Step::Continue
             }
-            Action::Resume { req, chats } => self.resume(req, chats).await,
+            // Once per connection, and its state is large: boxed, like the handshake.
+            Action::Resume { req, chats } => Box::pin(self.resume(req, chats)).await,
             Action::Refresh { token } => {
                 let (peer, client) = (self.peer, self.client);
                 let audited = |sub: Option<&str>, jti: Option<&str>, result: &str| {

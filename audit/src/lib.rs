@@ -175,8 +175,8 @@ impl AuditLog {
         }
     }
 
-    /// Like [`AuditLog::record`] for acts that already happened and cannot fail any more: a
-    /// failure is counted (`audit_write_failures_total`) and logged by the caller's metrics.
+    /// Like [`AuditLog::record`], for acts that already happened or are refusals, which a
+    /// failed record cannot undo: the failure is only counted (`audit_write_failures_total`).
     pub fn note(&self, event: &Event<'_>) {
         let _ = self.record(event);
     }

@@ -207,10 +207,6 @@ impl Admission {
         Admission { config, connections: 0, node_rate, ips: HashMap::new(), users: HashMap::new() }
     }
 
-    pub fn config(&self) -> &AdmissionConfig {
-        &self.config
-    }
-
     /// A new connection from `ip` at `now`. On success the caller holds one connection of
     /// the node and of `ip` until [`Admission::release`].
     pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {

@@ -101,20 +101,16 @@ pub(crate) async fn upgrade(
             *err.status_mut() = StatusCode::FORBIDDEN;
             return Err(err);
         }
-        let ip = {
-            let mut admission = shared.admission();
-            let ip = client;
-            if let Err(refusal) = admission.admit(ip, Instant::now()) {
-                drop(admission);
-                refused(refusal.label());
-                let mut err = ErrorResponse::new(Some(format!("connection refused: {}", refusal.label())));
-                *err.status_mut() = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                err.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
-                return Err(err);
-            }
-            ip
-        };
-        upgrade.admitted = Some(IpTicket { services: shared.clone(), ip });
+        // The lock is held for the decision only, not while the refusal is recorded.
+        let admitted = shared.admission().admit(client, Instant::now());
+        if let Err(refusal) = admitted {
+            refused(refusal.label());
+            let mut err = ErrorResponse::new(Some(format!("connection refused: {}", refusal.label())));
+            *err.status_mut() = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            err.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            return Err(err);
+        }
+        upgrade.admitted = Some(IpTicket { services: shared.clone(), ip: client });
         let offered: Vec<&str> = req
             .headers()
             .get_all("sec-websocket-protocol")

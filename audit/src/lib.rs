@@ -88,6 +88,17 @@ pub enum Event<'a> {
         seq: Option<u64>,
         target: u64,
     },
+    /// An operator revoked a token (`kind` `token`, `id` its jti) or a user's tokens issued
+    /// before `before` (`kind` `user`, `id` the user).
+    Revoked {
+        actor: &'a str,
+        outcome: Outcome,
+        kind: &'a str,
+        id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before: Option<u64>,
+        until: u64,
+    },
 }
 
 #[derive(Serialize)]

@@ -32,6 +32,8 @@ pub struct Verified {
     pub exp: u64,
     /// The token's id (`jti`), when it has one.
     pub jti: Option<String>,
+    /// Issued at (`iat`), seconds since the Unix epoch, when the token says.
+    pub iat: Option<u64>,
 }
 
 /// Why a token was refused. The client only ever sees "unauthorized" (4001); the variant is
@@ -139,6 +141,11 @@ impl Authenticator {
         self.leeway
     }
 
+    /// Longest token lifetime accepted, seconds.
+    pub fn max_lifetime(&self) -> u64 {
+        self.max_lifetime
+    }
+
     /// HS256 with a shared secret (development, or a trusted token service).
     pub fn hs256_key(secret: &[u8]) -> Result<VerificationKey, KeyError> {
         if secret.len() < 32 {
@@ -206,7 +213,7 @@ impl Authenticator {
         if !valid_user_id(&claims.sub) {
             return Err(AuthError::BadSubject);
         }
-        Ok(Verified { user: claims.sub, exp: claims.exp, jti: claims.jti })
+        Ok(Verified { user: claims.sub, exp: claims.exp, jti: claims.jti, iat: claims.iat })
     }
 }
 
@@ -235,7 +242,7 @@ mod tests {
     #[test]
     fn valid_token() {
         let v = auth().verify(&token(Algorithm::HS256, "alice", 1000), 500).unwrap();
-        assert_eq!(v, Verified { user: "alice".into(), exp: 1000, jti: None });
+        assert_eq!(v, Verified { user: "alice".into(), exp: 1000, jti: None, iat: None });
     }
 
     #[test]

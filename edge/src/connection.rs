@@ -28,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Services;
 use crate::handshake::{AuthFailure, Upgrade, UserTicket, Ws, authenticate, upgrade};
-use crate::hub::{ConnHandle, ConnId};
+use crate::hub::{ConnHandle, ConnId, TokenHeld};
 use crate::outbox::{Outbox, Outgoing, Status};
+use crate::revocation;
 use crate::session::{Action, Holding, Session, TokenClock, TokenStep, action, reply_frame};
 use audit::Event;
 
@@ -108,22 +109,27 @@ pub(crate) async fn serve(
         return;
     }
     let audit = &shared.audit;
-    let (user, token_exp) = match Box::pin(authenticate(&mut ws, &shared, encoding, token, deadline, now_secs)).await {
-        Ok(verified) => {
-            // No session without its audit record.
-            if let Err(err) = audit_auth(audit, peer.ip(), client, Ok(&verified)) {
-                tracing::error!(error = %err, "refusing a connection that could not be audited");
-                close(&mut ws, CloseCode::InternalError).await;
+    let (user, token_exp, held) =
+        match Box::pin(authenticate(&mut ws, &shared, encoding, token, deadline, now_secs)).await {
+            Ok(verified) => {
+                // No session without its audit record.
+                if let Err(err) = audit_auth(audit, peer.ip(), client, Ok(&verified)) {
+                    tracing::error!(error = %err, "refusing a connection that could not be audited");
+                    close(&mut ws, CloseCode::InternalError).await;
+                    return;
+                }
+                let held = TokenHeld {
+                    jti: verified.jti.as_deref().map(Arc::from),
+                    issued: revocation::issued(&shared, verified.iat, verified.exp),
+                };
+                (verified.user, verified.exp, held)
+            }
+            Err(failure) => {
+                let _ = audit_auth(audit, peer.ip(), client, Err(failure));
+                close(&mut ws, failure.code).await;
                 return;
             }
-            (verified.user, verified.exp)
-        }
-        Err(failure) => {
-            let _ = audit_auth(audit, peer.ip(), client, Err(failure));
-            close(&mut ws, failure.code).await;
-            return;
-        }
-    };
+        };
     let user_id: Arc<str> = Arc::from(user.as_str());
     let _device = match UserTicket::take(&shared, &user_id) {
         Ok(ticket) => ticket,
@@ -134,8 +140,18 @@ pub(crate) async fn serve(
         }
     };
     let outbox = Arc::new(Outbox::new());
-    let handle = ConnHandle { user: user_id.clone(), encoding, outbox: outbox.clone() };
-    if let Err(err) = shared.hub.attach(id, handle).await {
+    let (jti, issued) = (held.jti.clone(), held.issued);
+    let handle = ConnHandle { user: user_id.clone(), encoding, outbox: outbox.clone(), token: held };
+    let attached = shared.hub.attach(id, handle).await;
+    // A revocation that arrived between the check at authentication and the attach did not
+    // see this connection: check again now that it is registered.
+    if revocation::revoked(&shared, &user, jti.as_deref(), Some(issued), token_exp) {
+        shared.hub.detach(id).await;
+        audit_close(audit, client, Some(&user), CloseCode::TokenRevoked);
+        close(&mut ws, CloseCode::TokenRevoked).await;
+        return;
+    }
+    if let Err(err) = attached {
         // Without its subscriptions the connection would silently miss live events: close it
         // (1011) so the client reconnects and resumes.
         tracing::warn!(error = %err, "closing a connection that could not be registered");
@@ -157,6 +173,7 @@ pub(crate) async fn serve(
     metrics::gauge!("edge_connections").increment(1.0);
     tracing::debug!(user = %user, conn = id, encoding = encoding.as_str(), "connection authenticated");
     let mut conn = Connection {
+        id,
         ws,
         shared: shared.clone(),
         user,
@@ -183,6 +200,7 @@ pub(crate) async fn serve(
 }
 
 struct Connection {
+    id: ConnId,
     ws: Ws,
     shared: Arc<Services>,
     user: String,
@@ -292,6 +310,7 @@ impl Connection {
             Status::Overflowed => return Step::Close(CloseCode::SlowConsumer),
             // Rare and large (boxed for the same reason as the handshake).
             Status::GoAway => return Box::pin(self.leave(batch)).await,
+            Status::Revoked => return Step::Close(CloseCode::TokenRevoked),
             Status::Open => {}
         }
         let mut to_write = Vec::with_capacity(batch.len());
@@ -310,11 +329,11 @@ impl Connection {
         let result = loop {
             tokio::select! {
                 r = &mut write => break r,
-                _ = outbox.ready() => {
-                    if outbox.status() == Status::Overflowed {
-                        return Step::Close(CloseCode::SlowConsumer);
-                    }
-                }
+                _ = outbox.ready() => match outbox.status() {
+                    Status::Overflowed => return Step::Close(CloseCode::SlowConsumer),
+                    Status::Revoked => return Step::Close(CloseCode::TokenRevoked),
+                    _ => {}
+                },
                 _ = &mut deadline => return Step::Close(stalled()),
             }
         };
@@ -433,10 +452,20 @@ impl Connection {
                     self.shared.audit.record(&Event::Auth { peer, client, sub, jti, refresh: true, result })
                 };
                 let frame = match self.shared.auth.verify(&token, now_secs()) {
+                    Ok(v) if revocation::revoked(&self.shared, &v.user, v.jti.as_deref(), v.iat, v.exp) => {
+                        metrics::counter!("edge_auth_total", "result" => "revoked").increment(1);
+                        let _ = audited(Some(&v.user), v.jti.as_deref(), "revoked");
+                        ServerFrame::error(None, ErrorCode::Unauthenticated, "token refused: revoked")
+                    }
                     Ok(v) if v.user == self.user => match audited(Some(&v.user), v.jti.as_deref(), "ok") {
                         Ok(()) => {
                             metrics::counter!("edge_auth_total", "result" => "refreshed").increment(1);
                             self.token_changed = true;
+                            let held = TokenHeld {
+                                jti: v.jti.as_deref().map(Arc::from),
+                                issued: revocation::issued(&self.shared, v.iat, v.exp),
+                            };
+                            self.shared.hub.retoken(self.id, held);
                             ServerFrame::TokenRefreshed { exp: self.token.refresh(v.exp) }
                         }
                         Err(_) => ServerFrame::error(None, ErrorCode::Unavailable, "refresh not recorded; retry"),
@@ -572,6 +601,7 @@ fn for_cause(code: CloseCode) -> bool {
             | CloseCode::RateLimited
             | CloseCode::SlowConsumer
             | CloseCode::TooManyConnections
+            | CloseCode::TokenRevoked
             | CloseCode::TokenExpired
     )
 }

@@ -206,6 +206,10 @@ pub(crate) async fn authenticate(
         },
     };
     match shared.auth.verify(&token, now_secs()) {
+        Ok(v) if crate::revocation::revoked(shared, &v.user, v.jti.as_deref(), v.iat, v.exp) => {
+            metrics::counter!("edge_auth_total", "result" => "revoked").increment(1);
+            Err(failed(CloseCode::TokenRevoked, "revoked"))
+        }
         Ok(verified) => {
             metrics::counter!("edge_auth_total", "result" => "ok").increment(1);
             Ok(verified)

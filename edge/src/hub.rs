@@ -14,6 +14,7 @@ use bus::{Bus, BusMessage, Subscription};
 use protocol::codec::{decode_envelope, encode_server, encode_server_json};
 use protocol::envelope::{BusEvent, RouterOp, RouterReply, chat_subject, user_subject};
 use protocol::limits::MAX_HISTORY_PAGE;
+use protocol::revocation::{Revocation, TokenFacts};
 use protocol::{ChatId, Encoding, Event, EventBody, PresenceStatus, ServerFrame};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,6 +38,17 @@ pub struct ConnHandle {
     pub user: Arc<str>,
     pub encoding: Encoding,
     pub outbox: Arc<Outbox>,
+    /// The token the connection holds, for revocation.
+    pub token: TokenHeld,
+}
+
+/// What revocation needs to know of a connection's token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenHeld {
+    pub jti: Option<Arc<str>>,
+    /// `iat`, or the earliest the token can have been issued (see
+    /// [`protocol::revocation::TokenFacts`]).
+    pub issued: u64,
 }
 
 struct UserEntry {
@@ -56,6 +68,27 @@ struct State {
     conns: HashMap<ConnId, ConnHandle>,
     users: HashMap<Arc<str>, UserEntry>,
     chats: HashMap<ChatId, ChatEntry>,
+    /// Connections by the id of the token they hold (tokens with a `jti` only).
+    by_jti: HashMap<Arc<str>, Vec<ConnId>>,
+}
+
+impl State {
+    fn index_token(&mut self, id: ConnId, token: &TokenHeld) {
+        if let Some(jti) = &token.jti {
+            self.by_jti.entry(jti.clone()).or_default().push(id);
+        }
+    }
+
+    fn unindex_token(&mut self, id: ConnId, token: &TokenHeld) {
+        if let Some(jti) = &token.jti
+            && let Some(ids) = self.by_jti.get_mut(jti)
+        {
+            ids.retain(|c| *c != id);
+            if ids.is_empty() {
+                self.by_jti.remove(jti);
+            }
+        }
+    }
 }
 
 /// The result of a repair fetch, fed back into the dispatcher.
@@ -146,6 +179,7 @@ impl Hub {
         let user = handle.user.clone();
         let first = {
             let mut s = self.lock();
+            s.index_token(id, &handle.token);
             s.conns.insert(id, handle);
             match s.users.get_mut(&user) {
                 Some(u) => {
@@ -188,6 +222,7 @@ impl Hub {
         let gone_user = {
             let mut s = self.lock();
             let Some(handle) = s.conns.remove(&id) else { return };
+            s.unindex_token(id, &handle.token);
             let user = handle.user;
             let last = match s.users.get_mut(&user) {
                 Some(u) => {
@@ -210,6 +245,43 @@ impl Hub {
         if let Some(user) = gone_user {
             self.announce(&user, PresenceStatus::Offline).await;
         }
+    }
+
+    /// The connection now holds a fresh token (an in-band refresh).
+    pub fn retoken(&self, id: ConnId, token: TokenHeld) {
+        let mut s = self.lock();
+        let Some(old) = s.conns.get(&id).map(|c| c.token.clone()) else { return };
+        s.unindex_token(id, &old);
+        s.index_token(id, &token);
+        if let Some(c) = s.conns.get_mut(&id) {
+            c.token = token;
+        }
+    }
+
+    /// Closes (4013) every connection here whose token `revocation` refuses; returns how many.
+    pub fn revoke(&self, revocation: &Revocation) -> usize {
+        let s = self.lock();
+        let hit = |id: &ConnId| {
+            let c = s.conns.get(id)?;
+            let facts = TokenFacts {
+                user: &c.user,
+                jti: c.token.jti.as_deref(),
+                iat: Some(c.token.issued),
+                exp: c.token.issued,
+            };
+            revocation.matches(&facts, 0).then(|| c.outbox.clone())
+        };
+        let outboxes: Vec<Arc<Outbox>> = match revocation {
+            Revocation::Token { jti, .. } => s.by_jti.get(jti.as_str()).into_iter().flatten().filter_map(hit).collect(),
+            Revocation::User { user, .. } => {
+                s.users.get(user.as_str()).into_iter().flat_map(|u| u.conns.iter()).filter_map(hit).collect()
+            }
+        };
+        drop(s);
+        for outbox in &outboxes {
+            outbox.revoke();
+        }
+        outboxes.len()
     }
 
     async fn announce(&self, user: &str, status: PresenceStatus) {

@@ -17,6 +17,8 @@
 //!   waits for the resume), pure.
 //! - `connection`: one client's task, the socket glue around its session.
 //! - [`rpc`]: requests to the routers, addressed to each chat's owner.
+//! - [`revocation`]: the revocation list, kept current from the routers, and the closing of
+//!   connections whose token it refuses.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
 //! - this file: [`Edge`], its accept loop and drain.
 #![forbid(unsafe_code)]
@@ -30,6 +32,7 @@ mod handshake;
 pub mod hub;
 pub mod order;
 pub mod outbox;
+pub mod revocation;
 pub mod rpc;
 mod session;
 
@@ -73,6 +76,8 @@ pub(crate) struct Services {
     admission: std::sync::Mutex<admission::Admission>,
     /// Authentication results, refusals and closes for cause.
     audit: Arc<audit::AuditLog>,
+    /// Revoked tokens; read at every connect and refresh, written per revocation.
+    revocations: std::sync::RwLock<protocol::revocation::RevocationList>,
 }
 
 impl Services {
@@ -80,6 +85,14 @@ impl Services {
     /// step), so it is used as it is.
     fn admission(&self) -> std::sync::MutexGuard<'_, admission::Admission> {
         self.admission.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn revocations(&self) -> std::sync::RwLockReadGuard<'_, protocol::revocation::RevocationList> {
+        self.revocations.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn revocations_mut(&self) -> std::sync::RwLockWriteGuard<'_, protocol::revocation::RevocationList> {
+        self.revocations.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -98,7 +111,7 @@ impl Edge {
             std::sync::Mutex::new(admission::Admission::new(config.admission.clone(), std::time::Instant::now()));
         let audit = Arc::new(audit::AuditLog::off());
         Edge {
-            shared: Arc::new(Services { config, auth, router, hub, admission, audit }),
+            shared: Arc::new(Services { config, auth, router, hub, admission, audit, revocations: Default::default() }),
             runner,
             health: Health::default(),
         }
@@ -126,6 +139,7 @@ impl Edge {
         let hub_stop = CancellationToken::new();
         let hub_task = tokio::spawn(shared.hub.clone().run(runner, hub_stop.clone()));
         let watch_task = tokio::spawn(shared.router.clone().watch_routers(hub_stop.clone()));
+        let revocation_task = tokio::spawn(revocation::watch(shared.clone(), hub_stop.clone()));
         let tracker = TaskTracker::new();
         let draining = CancellationToken::new();
         let force = CancellationToken::new();
@@ -173,6 +187,7 @@ impl Edge {
         hub_stop.cancel();
         let _ = hub_task.await;
         let _ = watch_task.await;
+        let _ = revocation_task.await;
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "edge stopped");
     }
 }

@@ -45,6 +45,7 @@ struct State {
     overflowed: bool,
     closed: bool,
     go_away: bool,
+    revoked: bool,
 }
 
 /// What a drain found besides frames.
@@ -55,12 +56,16 @@ pub enum Status {
     Overflowed,
     /// The edge is draining: send `goaway` and close with 1001.
     GoAway,
+    /// The connection's token was revoked: close it (4013) without writing more.
+    Revoked,
 }
 
 impl State {
     fn status(&self) -> Status {
         if self.overflowed {
             Status::Overflowed
+        } else if self.revoked {
+            Status::Revoked
         } else if self.go_away {
             Status::GoAway
         } else {
@@ -142,6 +147,12 @@ impl Outbox {
     }
 
     /// The queue's status without taking anything.
+    /// Marks the connection's token revoked and wakes its writer, which closes it.
+    pub fn revoke(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).revoked = true;
+        self.ready.notify_one();
+    }
+
     pub fn status(&self) -> Status {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).status()
     }

@@ -69,7 +69,9 @@ pub(crate) fn reply_frame(req: u64, chat: Option<ChatId>, reply: RouterReply) ->
         }
         RouterReply::Ok => ServerFrame::Ok { req },
         RouterReply::Error { code, message } => ServerFrame::Error { req: Some(req), code, message },
-        RouterReply::ChatIds(_) => ServerFrame::error(Some(req), ErrorCode::Unavailable, "unexpected reply"),
+        RouterReply::ChatIds(_) | RouterReply::Revocations { .. } => {
+            ServerFrame::error(Some(req), ErrorCode::Unavailable, "unexpected reply")
+        }
     }
 }
 

@@ -53,6 +53,8 @@ async fn node() -> Node {
         auth,
         shutdown_deadline: Duration::from_secs(5),
         audit: std::sync::Arc::new(audit::AuditLog::off()),
+        admin_token: None,
+        revocation_retention: router::Revoker::DEFAULT_RETENTION,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use protocol::codec::{decode_envelope, encode_envelope};
+use protocol::revocation::{Revocation, RevocationKey};
 use protocol::{ChatId, ChatKind, ChatSummary, Event, Role, Seq};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -57,6 +58,9 @@ const MAX_APPEND_ATTEMPTS: usize = 16;
 
 /// Chats whose head a store keeps in memory; idle ones are forgotten past this.
 const MAX_CACHED_HEADS: usize = 100_000;
+
+/// Cassandra's largest TTL (20 years), the bound of a revocation row's lifetime.
+const MAX_TTL_SECONDS: u64 = 630_720_000;
 
 /// Settings of the CQL store.
 #[derive(Debug, Clone)]
@@ -553,5 +557,60 @@ impl Store for CqlStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write was acknowledged by the database at the configured consistency.
         Ok(())
+    }
+
+    async fn revoke(&self, revocation: Revocation, now: u64) -> Result<Revocation, StoreError> {
+        let key = revocation.key();
+        let result = self
+            .session
+            .execute_unpaged(&self.st.select_revocation, (key.kind.as_str(), key.id.as_str()))
+            .await
+            .map_err(unavailable)?;
+        let rows = result.into_rows_result().map_err(unavailable)?;
+        let earlier = match rows.maybe_first_row::<(Vec<u8>,)>().map_err(corrupt)? {
+            Some((body,)) => Some(decode_envelope::<Revocation>(&body).map_err(corrupt)?),
+            None => None,
+        };
+        // Read, merge, write: two administrators revoking the same key at the same moment
+        // with different cuts could keep the narrower; revocations are rare and a retry fixes it.
+        let merged = revocation.merged(earlier.as_ref());
+        // The row expires when no token it matches can be valid any more: pruning for free.
+        let ttl = merged.until().saturating_sub(now).clamp(1, MAX_TTL_SECONDS) as i32;
+        self.session
+            .execute_unpaged(
+                &self.st.insert_revocation,
+                (key.kind.as_str(), key.id.as_str(), encode_envelope(&merged).to_vec(), ttl),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(merged)
+    }
+
+    async fn revocations(
+        &self,
+        after: Option<RevocationKey>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        let limit = limit.clamp(1, i32::MAX as usize) as i32;
+        let result = match &after {
+            None => self.session.execute_unpaged(&self.st.select_revocations_first, (limit,)).await,
+            Some(k) => {
+                self.session
+                    .execute_unpaged(&self.st.select_revocations_after, (k.kind.as_str(), k.id.as_str(), limit))
+                    .await
+            }
+        }
+        .map_err(unavailable)?;
+        let rows = result.into_rows_result().map_err(unavailable)?;
+        let mut out = Vec::new();
+        for row in rows.rows::<(Vec<u8>,)>().map_err(corrupt)? {
+            let (body,) = row.map_err(corrupt)?;
+            let r = decode_envelope::<Revocation>(&body).map_err(corrupt)?;
+            if r.until() > now {
+                out.push(r);
+            }
+        }
+        Ok(out)
     }
 }

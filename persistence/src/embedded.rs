@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use protocol::codec::{decode_envelope, encode_envelope};
+use protocol::revocation::{Revocation, RevocationKey};
 use protocol::{ChatId, ChatSummary, Event, Role, Seq};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use rules::append::{Decision, Earlier, Effect, Facts, Lookups};
@@ -42,6 +43,13 @@ const READS: TableDefinition<(u64, &str), u64> = TableDefinition::new("reads");
 const EDITS: TableDefinition<(u64, u64, u64), u8> = TableDefinition::new("edits");
 /// (user a, user b) with a < b → direct chat id
 const DIRECT: TableDefinition<(&str, &str), u64> = TableDefinition::new("direct");
+/// (kind, id) → revocation (bincode)
+const REVOCATIONS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("revocations");
+/// (until, kind, id) → (): which revocations to forget, oldest first.
+const REVOCATION_EXPIRY: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("revocation_expiry");
+/// Expired revocations forgotten per revocation written: pruning stays a bounded cost of a
+/// write instead of a scan.
+const PRUNE_PER_WRITE: usize = 256;
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -74,12 +82,14 @@ enum WriteOp {
     Create(NewChat),
     Append(Append),
     SetRead { chat: ChatId, user: String, seq: Seq },
+    Revoke { revocation: Revocation, now: u64 },
 }
 
 enum WriteDone {
     Created(Created),
     Appended(Appended),
     Read(Seq),
+    Revoked(Revocation),
 }
 
 struct WriteJob {
@@ -207,6 +217,8 @@ fn init_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(READS)?;
     txn.open_table(DIRECT)?;
     txn.open_table(EDITS)?;
+    txn.open_table(REVOCATIONS)?;
+    txn.open_table(REVOCATION_EXPIRY)?;
     txn.commit()?;
     Ok(())
 }
@@ -272,6 +284,9 @@ fn commit_batch(db: &Database, jobs: &[WriteJob]) -> Result<Vec<Result<WriteDone
                 WriteOp::Create(chat) => apply_create(&mut t, chat)?.map(WriteDone::Created),
                 WriteOp::Append(append) => apply_append(&mut t, append)?.map(WriteDone::Appended),
                 WriteOp::SetRead { chat, user, seq } => apply_read(&mut t, *chat, user, *seq)?.map(WriteDone::Read),
+                WriteOp::Revoke { revocation, now } => {
+                    apply_revoke(&txn, revocation.clone(), *now)?.map(WriteDone::Revoked)
+                }
             };
             results.push(result);
         }
@@ -281,6 +296,38 @@ fn commit_batch(db: &Database, jobs: &[WriteJob]) -> Result<Vec<Result<WriteDone
 }
 
 type Applied<T> = Result<Result<T, StoreError>, redb::Error>;
+
+/// Stores a revocation merged with the earlier one of its key, and forgets a bounded number
+/// of expired ones.
+fn apply_revoke(txn: &redb::WriteTransaction, revocation: Revocation, now: u64) -> Applied<Revocation> {
+    let mut table = txn.open_table(REVOCATIONS)?;
+    let mut expiry = txn.open_table(REVOCATION_EXPIRY)?;
+    let key = revocation.key();
+    let earlier = match table.get((key.kind.as_str(), key.id.as_str()))? {
+        None => None,
+        Some(g) => match decode_envelope::<Revocation>(g.value()) {
+            Ok(r) => Some(r),
+            Err(e) => return Ok(Err(corrupt(e))),
+        },
+    };
+    let merged = revocation.merged(earlier.as_ref());
+    if let Some(e) = &earlier {
+        expiry.remove((e.until(), key.kind.as_str(), key.id.as_str()))?;
+    }
+    table.insert((key.kind.as_str(), key.id.as_str()), encode_envelope(&merged).as_ref())?;
+    expiry.insert((merged.until(), key.kind.as_str(), key.id.as_str()), ())?;
+    let mut expired = Vec::new();
+    for item in expiry.range((0, "", "")..(now.saturating_add(1), "", ""))?.take(PRUNE_PER_WRITE) {
+        let (k, _) = item?;
+        let (until, kind, id) = k.value();
+        expired.push((until, kind.to_owned(), id.to_owned()));
+    }
+    for (until, kind, id) in expired {
+        expiry.remove((until, kind.as_str(), id.as_str()))?;
+        table.remove((kind.as_str(), id.as_str()))?;
+    }
+    Ok(Ok(merged))
+}
 
 fn load_chat(t: &Tables<'_>, chat: ChatId) -> Applied<ChatRecord> {
     Ok(match t.chats.get(chat)? {
@@ -569,5 +616,45 @@ impl Store for EmbeddedStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every commit is fsynced before it is acknowledged; nothing is pending.
         Ok(())
+    }
+
+    async fn revoke(&self, revocation: Revocation, now: u64) -> Result<Revocation, StoreError> {
+        match self.write(WriteOp::Revoke { revocation, now }).await? {
+            WriteDone::Revoked(r) => Ok(r),
+            _ => Err(StoreError::Corrupt("writer answered the wrong kind".into())),
+        }
+    }
+
+    async fn revocations(
+        &self,
+        after: Option<RevocationKey>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<Revocation>, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(REVOCATIONS).map_err(unavailable)?;
+            let range = match &after {
+                None => table.range::<(&str, &str)>(..),
+                Some(k) => table.range((k.kind.as_str(), k.id.as_str())..),
+            }
+            .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for item in range {
+                let (k, v) = item.map_err(unavailable)?;
+                let (kind, id) = k.value();
+                if after.as_ref().is_some_and(|a| a.kind == kind && a.id == id) {
+                    continue;
+                }
+                let r = decode_envelope::<Revocation>(v.value()).map_err(corrupt)?;
+                if r.until() > now {
+                    out.push(r);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 }

@@ -20,6 +20,7 @@ pub mod cql;
 pub mod embedded;
 
 use async_trait::async_trait;
+use protocol::revocation::{Revocation, RevocationKey};
 use protocol::{ChatId, ChatKind, ChatSummary, Event, Role, Seq, UserId};
 use rules::Refused;
 use thiserror::Error;
@@ -140,4 +141,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything written so far durable (a no-op where every write already is).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Records a revocation, durably, merged with an earlier one of the same key (never
+    /// narrowing it). Entries whose `until` has passed at `now` may be forgotten.
+    async fn revoke(&self, revocation: Revocation, now: u64) -> Result<Revocation, StoreError>;
+
+    /// At most `limit` revocations in force at `now`, in the store's order, after the entry
+    /// whose key is `after`.
+    async fn revocations(
+        &self,
+        after: Option<RevocationKey>,
+        limit: usize,
+        now: u64,
+    ) -> Result<Vec<Revocation>, StoreError>;
 }

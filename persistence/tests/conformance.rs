@@ -194,6 +194,42 @@ pub async fn read_cursors_only_move_forward(store: Arc<dyn Store>) {
     assert!(matches!(store.set_read(9, "b", 1).await, Err(StoreError::ChatNotFound)));
 }
 
+pub async fn keeps_revocations_merged_paged_and_pruned(store: Arc<dyn Store>) {
+    use protocol::revocation::Revocation;
+    let now = 1_000_000;
+    // 2,500 entries: three pages of 1,000, the last one short.
+    for i in 0..2500 {
+        store.revoke(Revocation::Token { jti: format!("t{i}"), until: now + 3600 }, now).await.unwrap();
+    }
+    let user = Revocation::User { user: "bob".into(), before: now, until: now + 3600 };
+    store.revoke(user, now).await.unwrap();
+    // An earlier cut does not narrow the stored one; a later `until` extends it.
+    let merged =
+        store.revoke(Revocation::User { user: "bob".into(), before: now - 50, until: now + 7200 }, now).await.unwrap();
+    assert_eq!(merged, Revocation::User { user: "bob".into(), before: now, until: now + 7200 });
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.revocations(after, 1000, now).await.unwrap();
+        assert!(page.len() <= 1000);
+        let full = page.len() == 1000;
+        after = page.last().map(Revocation::key);
+        seen.extend(page);
+        if !full {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 2501, "every entry exactly once across pages");
+    let mut keys: Vec<_> = seen.iter().map(Revocation::key).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 2501);
+    assert!(seen.contains(&merged));
+    // Past their `until` the entries are no longer in force.
+    assert!(store.revocations(None, 10, now + 3600).await.unwrap().iter().all(|r| r == &merged));
+    assert!(store.revocations(None, 10, now + 7200).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($backend:ident, $open:expr) => {
         mod $backend {
@@ -217,6 +253,7 @@ macro_rules! conformance {
             case!(membership_changes_are_events);
             case!(pages_history);
             case!(read_cursors_only_move_forward);
+            case!(keeps_revocations_merged_paged_and_pruned);
         }
     };
 }

@@ -101,6 +101,12 @@ pub enum RouterOp {
     Presence {
         status: PresenceStatus,
     },
+    /// A page of the revocations in force, after the entry whose key is `after` (an edge
+    /// starting, or catching up after a lost broadcast). Not on behalf of a user: the
+    /// request's `user` is ignored.
+    Revocations {
+        after: Option<crate::revocation::RevocationKey>,
+    },
 }
 
 impl RouterOp {
@@ -115,7 +121,11 @@ impl RouterOp {
             | RouterOp::History { chat, .. }
             | RouterOp::Read { chat, .. }
             | RouterOp::Typing { chat } => Some(*chat),
-            RouterOp::CreateChat { .. } | RouterOp::ListChats | RouterOp::ChatIds | RouterOp::Presence { .. } => None,
+            RouterOp::CreateChat { .. }
+            | RouterOp::ListChats
+            | RouterOp::ChatIds
+            | RouterOp::Presence { .. }
+            | RouterOp::Revocations { .. } => None,
         }
     }
 }
@@ -145,6 +155,13 @@ pub enum RouterReply {
     Error {
         code: ErrorCode,
         message: String,
+    },
+    /// Answer to [`RouterOp::Revocations`]: at most
+    /// [`REVOCATION_PAGE`](crate::revocation::REVOCATION_PAGE) entries in key order; `more`
+    /// when another page follows. Last, so that older variants keep their tags.
+    Revocations {
+        entries: Vec<crate::revocation::Revocation>,
+        more: bool,
     },
 }
 

@@ -87,6 +87,10 @@ pub enum CloseCode {
     /// 4012: the token expired and no fresh one came in time (see `token_expiring`).
     /// Reconnect with a fresh token and resume.
     TokenExpired,
+    /// 4013: the token was revoked (by its id, or every token of the user issued before a
+    /// time): at connect, or while connected. Sign in again for a new token; do not retry
+    /// with the same one.
+    TokenRevoked,
 }
 
 impl CloseCode {
@@ -105,6 +109,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => 4010,
             CloseCode::TooManyConnections => 4011,
             CloseCode::TokenExpired => 4012,
+            CloseCode::TokenRevoked => 4013,
         }
     }
 
@@ -123,6 +128,7 @@ impl CloseCode {
             CloseCode::IdleTimeout => "idle_timeout",
             CloseCode::TooManyConnections => "too_many_connections",
             CloseCode::TokenExpired => "token_expired",
+            CloseCode::TokenRevoked => "token_revoked",
         }
     }
 }

@@ -15,6 +15,7 @@
 //! - [`envelope`]: versioned messages between edges and routers on the bus.
 //! - [`ratelimit`]: a token bucket that takes the time as an input.
 //! - [`ring`]: which router owns which chat (rendezvous hashing over live routers).
+//! - [`revocation`]: token revocations and the list every edge checks them against.
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod ids;
 pub mod limits;
 pub mod ratelimit;
+pub mod revocation;
 pub mod ring;
 
 pub use codec::{CodecError, Encoding};

@@ -107,6 +107,12 @@ impl Router {
         self
     }
 
+    /// What the operator's revocation endpoint calls: it stores through this router's store
+    /// and broadcasts on its bus. `retention` is how long an entry is kept by default.
+    pub fn revoker(&self, retention: std::time::Duration) -> crate::Revoker {
+        crate::Revoker::new(self.services.clone(), retention)
+    }
+
     /// Subscribes to the shared request subject (queue group) and to this router's own chat
     /// subject. When this returns, requests are queued for the router even before
     /// [`BoundRouter::run`] starts taking them.
@@ -235,5 +241,6 @@ fn op_name(op: &RouterOp) -> &'static str {
         RouterOp::Read { .. } => "read",
         RouterOp::Typing { .. } => "typing",
         RouterOp::Presence { .. } => "presence",
+        RouterOp::Revocations { .. } => "revocations",
     }
 }

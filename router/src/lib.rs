@@ -13,6 +13,7 @@
 //!   completions in seq order, membership barriers.
 //! - [`requests`]: requests that need no ordering (create, list, history, presence).
 //! - [`answer`]: replies, publishing, and the errors a client sees for store errors.
+//! - [`revocation`]: token revocations stored and broadcast to every edge ([`Revoker`]).
 //! - [`clock`]: the server clock, injectable.
 #![forbid(unsafe_code)]
 
@@ -20,7 +21,9 @@ mod answer;
 pub mod clock;
 mod dispatch;
 mod requests;
+pub mod revocation;
 mod shard;
 
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use dispatch::{BoundRouter, Router, RouterConfig, RouterError};
+pub use revocation::{RevokeError, RevokeRequest, Revoker};

@@ -42,6 +42,13 @@ pub(crate) async fn serve(services: Services, job: Job, max_presence: usize) {
             }
             Err(e) => store_error(e),
         },
+        RouterOp::Revocations { after } => {
+            let now = services.clock.now_ms() / 1000;
+            match crate::revocation::page(&services.store, after, now).await {
+                Ok((entries, more)) => RouterReply::Revocations { entries, more },
+                Err(e) => store_error(e),
+            }
+        }
         // Sequenced ops never reach here.
         _ => RouterReply::error(ErrorCode::UnknownOp, "misrouted request"),
     };

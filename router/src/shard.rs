@@ -335,6 +335,21 @@ mod tests {
         async fn flush(&self) -> Result<(), StoreError> {
             self.inner.flush().await
         }
+        async fn revoke(
+            &self,
+            r: protocol::revocation::Revocation,
+            now: u64,
+        ) -> Result<protocol::revocation::Revocation, StoreError> {
+            self.inner.revoke(r, now).await
+        }
+        async fn revocations(
+            &self,
+            after: Option<protocol::revocation::RevocationKey>,
+            limit: usize,
+            now: u64,
+        ) -> Result<Vec<protocol::revocation::Revocation>, StoreError> {
+            self.inner.revocations(after, limit, now).await
+        }
     }
 
     struct Harness {

@@ -33,7 +33,8 @@ pub async fn run_edge(
     let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
     let edge = Edge::new(config.edge, config.auth, bus.clone()).with_audit(config.audit);
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
+    // An edge holds no store: its admin port takes no revocations (a router's does).
+    let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, None, admin_stop.clone()));
     edge.run(listener, shutdown, config.shutdown_deadline).await;
     flush(&*bus).await;
     admin_stop.cancel();
@@ -48,6 +49,10 @@ pub struct RouterNodeConfig {
     pub nats: bus::nats::NatsConfig,
     pub shutdown_deadline: Duration,
     pub audit: Arc<audit::AuditLog>,
+    /// The bearer token of the admin port's revocation endpoints; `None`: they are off.
+    pub admin_token: Option<Vec<u8>>,
+    /// Default lifetime of a revocation entry.
+    pub revocation_retention: Duration,
 }
 
 /// Runs a router until `shutdown`, then finishes what is in flight (within the deadline).
@@ -59,11 +64,14 @@ pub async fn run_router(
 ) -> anyhow::Result<()> {
     let health = Health::default();
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(edge::admin::serve(admin, health.clone(), render, admin_stop.clone()));
+    let control = Arc::new(crate::control::Revocations::default());
+    let operator = crate::control::operator(config.admin_token, control.clone());
+    let admin_task = tokio::spawn(edge::admin::serve(admin, health.clone(), render, operator, admin_stop.clone()));
     let store: Arc<dyn Store> = Arc::new(CqlStore::connect(&config.cql).await.context("connect to the CQL database")?);
     let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
-    let router =
-        Router::new(store, bus.clone(), config.router).with_audit(config.audit).bind().await.context("subscribe")?;
+    let router = Router::new(store, bus.clone(), config.router).with_audit(config.audit);
+    control.serve(router.revoker(config.revocation_retention));
+    let router = router.bind().await.context("subscribe")?;
     health.set_ready(true);
     let stop = CancellationToken::new();
     let task = tokio::spawn(router.run(stop.clone()));

@@ -41,6 +41,49 @@ pub enum Command {
     Router(Box<RouterNodeArgs>),
     /// Mint a development token (HS256) for a user.
     Token(TokenArgs),
+    /// Revoke a token (by its jti) or every token of a user issued before a time, through a
+    /// router's or a standalone node's admin port; or list the revocations in force.
+    Revoke(RevokeArgs),
+}
+
+/// Where revocations are taken, on the nodes that hold a store.
+#[derive(Debug, Args)]
+pub struct RevocationArgs {
+    /// File holding the bearer token (≥ 32 bytes) that `POST`/`GET /v1/revocations` on the
+    /// admin port require. Without it, those endpoints answer 404.
+    #[arg(long, env = "MESSENGER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// How long a revocation is kept when the request gives no `until`: at least the edges'
+    /// --jwt-max-lifetime plus --jwt-leeway, after which every token it could match has
+    /// expired.
+    #[arg(long, env = "MESSENGER_REVOCATION_RETENTION", default_value_t = Span(router::Revoker::DEFAULT_RETENTION))]
+    pub revocation_retention: Span,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["jti", "user", "list"])))]
+pub struct RevokeArgs {
+    /// The node's admin address (`host:port`): a router's, or a standalone node's.
+    #[arg(long, env = "MESSENGER_ADMIN_URL", default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// File holding the node's admin token.
+    #[arg(long, env = "MESSENGER_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: PathBuf,
+    /// Revoke the token with this `jti`.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Revoke every token of this user issued before --before (default: now).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Seconds since the Unix epoch: with --user, the cut.
+    #[arg(long, requires = "user")]
+    pub before: Option<u64>,
+    /// Seconds since the Unix epoch after which the entry may be forgotten (a token's `exp`).
+    #[arg(long)]
+    pub until: Option<u64>,
+    /// List the revocations in force instead.
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// Default `--listen-backlog`: room for a few thousand clients reconnecting at once (tokio's
@@ -100,6 +143,8 @@ pub struct RouterNodeArgs {
     /// The audit trail: `stdout`, a file path, or `off` (see the client-facing nodes).
     #[arg(long, env = "MESSENGER_AUDIT_LOG", default_value = "stdout")]
     pub audit_log: String,
+    #[command(flatten)]
+    pub revocation: RevocationArgs,
     #[command(flatten)]
     pub cql: CqlArgs,
     #[command(flatten)]
@@ -161,6 +206,8 @@ pub struct StandaloneArgs {
     /// (ScyllaDB/Cassandra, see the --cql-* flags).
     #[arg(long, env = "MESSENGER_STORE", default_value = "embedded", value_parser = ["embedded", "cql"])]
     pub store: String,
+    #[command(flatten)]
+    pub revocation: RevocationArgs,
     #[command(flatten)]
     pub cql: CqlArgs,
 }

@@ -8,12 +8,14 @@
 //! - [`config`]: command line and environment (clap), validated into component configs.
 //! - [`standalone`]: edge + router + in-process bus + embedded store in one process.
 //! - [`cluster`]: the edge and router processes of a cluster (NATS, ScyllaDB).
+//! - [`control`]: the admin port's revocation endpoints, and the `revoke` command's client.
 //! - [`token`]: development tokens and the development secret.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod standalone;
 pub mod telemetry;
 pub mod token;

@@ -13,7 +13,7 @@ use router::RouterConfig;
 use server::cluster::{self, EdgeNodeConfig, RouterNodeConfig};
 use server::config::{AuthArgs, Cli, Command, EXIT_CONFIG, StandaloneArgs};
 use server::standalone::{self, StandaloneConfig};
-use server::{telemetry, token};
+use server::{control, telemetry, token};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,16 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => config_error(err),
+        },
+        Command::Revoke(args) => match revoke(args) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
         },
         Command::Standalone(args) => {
             let config = match standalone_config(&args) {
@@ -161,6 +171,33 @@ fn mint(args: server::config::TokenArgs) -> anyhow::Result<String> {
     token::mint(secret.as_bytes(), &args.user, args.ttl)
 }
 
+/// Sends a revocation (or asks for the list) to a node's admin port.
+fn revoke(args: server::config::RevokeArgs) -> anyhow::Result<String> {
+    let token = control::read_token(&args.admin_token_file)?;
+    let body = match (&args.jti, &args.user, args.list) {
+        (_, _, true) => None,
+        (Some(jti), _, _) => Some(serde_json::json!({"kind": "token", "jti": jti, "until": args.until})),
+        (None, Some(user), _) => {
+            Some(serde_json::json!({"kind": "user", "user": user, "before": args.before, "until": args.until}))
+        }
+        (None, None, false) => anyhow::bail!("give --jti, --user or --list"),
+    };
+    let (method, body) = match &body {
+        Some(b) => ("POST", Some(b.to_string())),
+        None => ("GET", None),
+    };
+    let (status, answer) = control::call(&args.admin, &token, method, body.as_deref())?;
+    if status != 200 {
+        anyhow::bail!("the node answered {status}: {}", answer.trim());
+    }
+    Ok(answer.trim().to_owned())
+}
+
+/// The admin token named by `--admin-token-file`, if any.
+fn admin_token(args: &server::config::RevocationArgs) -> anyhow::Result<Option<Vec<u8>>> {
+    args.admin_token_file.as_deref().map(control::read_token).transpose()
+}
+
 fn authenticator(auth: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<Authenticator> {
     let mut keys = Vec::new();
     let secret = match (&auth.jwt_secret, &auth.jwt_public_key) {
@@ -218,7 +255,21 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
         store_max_batch: args.store_max_batch,
         auth,
         shutdown_deadline: args.node.shutdown_deadline,
+        admin_token: admin_token(&args.revocation)?,
+        revocation_retention: retention(&args.revocation, Some(&args.node.auth))?,
     })
+}
+
+/// `--revocation-retention`, checked against the token lifetime where this node verifies
+/// tokens: a shorter retention would forget revocations of tokens still valid.
+fn retention(args: &server::config::RevocationArgs, auth: Option<&AuthArgs>) -> anyhow::Result<std::time::Duration> {
+    let retention = args.revocation_retention.0;
+    if let Some(auth) = auth
+        && retention < auth.jwt_max_lifetime.0 + auth.jwt_leeway.0
+    {
+        anyhow::bail!("--revocation-retention must be at least --jwt-max-lifetime + --jwt-leeway");
+    }
+    Ok(retention)
 }
 
 /// The audit sink named by `--audit-log`.
@@ -253,6 +304,8 @@ fn router_config(args: &server::config::RouterNodeArgs) -> anyhow::Result<Router
         cql: args.cql.to_config().map_err(anyhow::Error::msg)?,
         nats: args.nats.to_config("router").map_err(anyhow::Error::msg)?,
         shutdown_deadline: args.shutdown_deadline,
+        admin_token: admin_token(&args.revocation)?,
+        revocation_retention: retention(&args.revocation, None)?,
     })
 }
 

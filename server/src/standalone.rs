@@ -25,6 +25,10 @@ pub struct StandaloneConfig {
     pub shutdown_deadline: Duration,
     /// The audit trail (edge and router records alike).
     pub audit: Arc<audit::AuditLog>,
+    /// The bearer token of the admin port's revocation endpoints; `None`: they are off.
+    pub admin_token: Option<Vec<u8>>,
+    /// Default lifetime of a revocation entry.
+    pub revocation_retention: Duration,
 }
 
 /// File name of the embedded store inside the data directory.
@@ -51,12 +55,15 @@ pub async fn run(
 
     let router_stop = CancellationToken::new();
     let router = Router::new(store.clone(), bus.clone(), config.router).with_audit(config.audit.clone());
+    let control = Arc::new(crate::control::Revocations::default());
+    control.serve(router.revoker(config.revocation_retention));
+    let operator = crate::control::operator(config.admin_token, control);
     let router = router.bind().await.context("router")?;
     let router_task = tokio::spawn(router.run(router_stop.clone()));
 
     let edge = Edge::new(config.edge, config.auth, bus).with_audit(config.audit);
     let admin_stop = CancellationToken::new();
-    let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, admin_stop.clone()));
+    let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, operator, admin_stop.clone()));
 
     edge.run(listener, shutdown, config.shutdown_deadline).await;
     router_stop.cancel();

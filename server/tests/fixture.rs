@@ -95,9 +95,29 @@ impl TestServer {
 
     /// Starts a cluster router on a free admin port.
     pub fn start_router(nats: &str, cql: &str, keyspace: &str) -> TestServer {
-        let args =
-            ["router", "--admin-listen", "127.0.0.1:0", "--nats", nats, "--cql-nodes", cql, "--cql-keyspace", keyspace];
+        TestServer::start_router_with(nats, cql, keyspace, &[])
+    }
+
+    /// Starts a cluster router with extra flags.
+    pub fn start_router_with(nats: &str, cql: &str, keyspace: &str, extra: &[&str]) -> TestServer {
+        let mut args = vec![
+            "router",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--nats",
+            nats,
+            "--cql-nodes",
+            cql,
+            "--cql-keyspace",
+            keyspace,
+        ];
+        args.extend_from_slice(extra);
         TestServer::spawn(&args, None)
+    }
+
+    /// The HS256 secret tokens for this server are signed with.
+    pub fn secret(&self) -> &str {
+        &self.secret
     }
 
     /// Spawns `messenger ARGS`, reads the addresses it prints, waits until it is ready.
@@ -198,6 +218,13 @@ impl TestServer {
         let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
         (code, body)
     }
+}
+
+/// Runs `messenger ARGS` (a command, not a node) to its end: (exit code, stdout, stderr).
+pub fn run_command(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_messenger")).args(args).output().expect("run messenger");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }
 
 /// Polls `/readyz` until it answers 200: the node prints its addresses when bound, and is

@@ -11,21 +11,28 @@ use crate::StoreError;
 
 /// Versioned schema migrations. Each statement is idempotent (`IF NOT EXISTS`), so a
 /// migration interrupted half way is simply run again; `{ks}` is the keyspace.
-const MIGRATIONS: &[(i32, &str, &[&str])] = &[(
-    1,
-    "chats, members, events, idempotency, reads, direct chats, edits",
-    &[
-        "CREATE TABLE IF NOT EXISTS {ks}.chats (chat bigint PRIMARY KEY, kind tinyint, title text, creator text, created_ts bigint, last_seq bigint)",
-        "CREATE TABLE IF NOT EXISTS {ks}.members (chat bigint, user text, role tinyint, PRIMARY KEY (chat, user))",
-        "CREATE TABLE IF NOT EXISTS {ks}.user_chats (user text, chat bigint, PRIMARY KEY (user, chat))",
-        "CREATE TABLE IF NOT EXISTS {ks}.events (chat bigint, bucket bigint, seq bigint, body blob, PRIMARY KEY ((chat, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)",
-        "CREATE TABLE IF NOT EXISTS {ks}.idempotency (chat bigint, sender text, client_msg_id text, seq bigint, ts bigint, PRIMARY KEY ((chat, sender, client_msg_id)))",
-        "CREATE TABLE IF NOT EXISTS {ks}.reads (chat bigint, user text, seq bigint, PRIMARY KEY (chat, user))",
-        "CREATE TABLE IF NOT EXISTS {ks}.direct_chats (pair text PRIMARY KEY, chat bigint)",
-        "CREATE TABLE IF NOT EXISTS {ks}.edits (chat bigint, target bigint, seq bigint, PRIMARY KEY ((chat, target), seq))",
-        "CREATE TABLE IF NOT EXISTS {ks}.settings (name text PRIMARY KEY, value bigint)",
-    ],
-)];
+const MIGRATIONS: &[(i32, &str, &[&str])] = &[
+    (
+        1,
+        "chats, members, events, idempotency, reads, direct chats, edits",
+        &[
+            "CREATE TABLE IF NOT EXISTS {ks}.chats (chat bigint PRIMARY KEY, kind tinyint, title text, creator text, created_ts bigint, last_seq bigint)",
+            "CREATE TABLE IF NOT EXISTS {ks}.members (chat bigint, user text, role tinyint, PRIMARY KEY (chat, user))",
+            "CREATE TABLE IF NOT EXISTS {ks}.user_chats (user text, chat bigint, PRIMARY KEY (user, chat))",
+            "CREATE TABLE IF NOT EXISTS {ks}.events (chat bigint, bucket bigint, seq bigint, body blob, PRIMARY KEY ((chat, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)",
+            "CREATE TABLE IF NOT EXISTS {ks}.idempotency (chat bigint, sender text, client_msg_id text, seq bigint, ts bigint, PRIMARY KEY ((chat, sender, client_msg_id)))",
+            "CREATE TABLE IF NOT EXISTS {ks}.reads (chat bigint, user text, seq bigint, PRIMARY KEY (chat, user))",
+            "CREATE TABLE IF NOT EXISTS {ks}.direct_chats (pair text PRIMARY KEY, chat bigint)",
+            "CREATE TABLE IF NOT EXISTS {ks}.edits (chat bigint, target bigint, seq bigint, PRIMARY KEY ((chat, target), seq))",
+            "CREATE TABLE IF NOT EXISTS {ks}.settings (name text PRIMARY KEY, value bigint)",
+        ],
+    ),
+    (
+        2,
+        "token revocations (each row expires by TTL when no token it matches can be valid)",
+        &["CREATE TABLE IF NOT EXISTS {ks}.revocations (kind text, id text, body blob, PRIMARY KEY ((kind, id)))"],
+    ),
+];
 
 pub(super) struct Statements {
     pub(super) insert_chat_lwt: PreparedStatement,
@@ -52,6 +59,10 @@ pub(super) struct Statements {
     pub(super) select_direct: PreparedStatement,
     pub(super) insert_edit: PreparedStatement,
     pub(super) select_edits: PreparedStatement,
+    pub(super) insert_revocation: PreparedStatement,
+    pub(super) select_revocation: PreparedStatement,
+    pub(super) select_revocations_first: PreparedStatement,
+    pub(super) select_revocations_after: PreparedStatement,
 }
 
 /// Whether `ks` is a keyspace name the store accepts: 1-48 characters of `[a-z0-9_]`.
@@ -161,6 +172,10 @@ impl Statements {
             select_direct: prep(format!("SELECT chat FROM {ks}.direct_chats WHERE pair = ?")).await?,
             insert_edit: prep(format!("INSERT INTO {ks}.edits (chat, target, seq) VALUES (?, ?, ?)")).await?,
             select_edits: prep(format!("SELECT seq FROM {ks}.edits WHERE chat = ? AND target = ?")).await?,
+            insert_revocation: prep(format!("INSERT INTO {ks}.revocations (kind, id, body) VALUES (?, ?, ?) USING TTL ?")).await?,
+            select_revocation: prep(format!("SELECT body FROM {ks}.revocations WHERE kind = ? AND id = ?")).await?,
+            select_revocations_first: prep(format!("SELECT body FROM {ks}.revocations LIMIT ?")).await?,
+            select_revocations_after: prep(format!("SELECT body FROM {ks}.revocations WHERE token(kind, id) > token(?, ?) LIMIT ?")).await?,
         })
     }
 }

@@ -1,0 +1,202 @@
+//! Token revocation end to end: the `messenger revoke` command against a real node's admin
+//! port, open connections cut off (4013), revoked tokens refused at connect and at refresh,
+//! and revocations kept across restarts, on a standalone node and on a cluster (2 edges,
+//! a router, real NATS and the CQL database).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fixture;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use client::{Client, ClientError};
+use fixture::*;
+use protocol::{ClientFrame, ServerFrame};
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-admin-token-for-tests";
+const REVOKED: u16 = 4013;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An HS256 token with an id and an issue time.
+fn token(secret: &str, user: &str, jti: &str, iat: u64) -> String {
+    let claims = serde_json::json!({ "sub": user, "jti": jti, "iat": iat, "exp": now() + 3600 });
+    testkit::mint_claims(secret.as_bytes(), &claims)
+}
+
+fn admin_token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("admin-token");
+    std::fs::write(&path, format!("{ADMIN_TOKEN}\n")).unwrap();
+    path
+}
+
+/// `messenger revoke --admin ADDR --admin-token-file FILE ARGS`; panics unless it succeeds.
+fn revoke(admin: &str, token_file: &Path, args: &[&str]) -> serde_json::Value {
+    let file = token_file.to_str().unwrap();
+    let mut full = vec!["revoke", "--admin", admin, "--admin-token-file", file];
+    full.extend_from_slice(args);
+    let (code, out, err) = run_command(&full);
+    assert_eq!(code, 0, "revoke {args:?} failed: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("revoke printed {out:?}: {e}"))
+}
+
+/// The connection is refused with 4013: at the handshake, or (an edge that has not read the
+/// list yet) as soon as it has.
+async fn refused(ws: &str, token: &str) {
+    match Client::connect(ws, token, Json).await {
+        Err(ClientError::Closed { code: Some(REVOKED), .. }) => {}
+        Ok(mut c) => assert_eq!(c.closed_code(WAIT).await, Some(REVOKED), "a revoked token kept its connection"),
+        Err(other) => panic!("expected close {REVOKED}, got {other}"),
+    }
+}
+
+async fn still_works(c: &mut Client) {
+    let pong = c.request(|req| ClientFrame::Ping { req }).await.expect("the connection still answers");
+    assert!(matches!(pong, ServerFrame::Pong { .. }), "{pong:?}");
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_cut_off_refused_at_connect_and_refresh_and_survives_a_restart() {
+    let temp = tempfile::tempdir().unwrap();
+    let token_file = admin_token_file(temp.path());
+    let dir = temp.path().join("node");
+    let args = ["--admin-token-file", token_file.to_str().unwrap()];
+    let server = TestServer::start_in(&dir, &args);
+    let secret = server.secret().to_owned();
+    let (t1, t2) = (token(&secret, "alice", "t1", now() - 10), token(&secret, "alice", "t2", now() - 10));
+    let mut first = Client::connect(&server.ws, &t1, Json).await.unwrap();
+    let mut second = Client::connect(&server.ws, &t2, Bincode).await.unwrap();
+
+    let answer = revoke(&server.admin, &token_file, &["--jti", "t1"]);
+    assert_eq!(answer["kind"], "token");
+    assert_eq!(answer["jti"], "t1");
+    assert!(answer["until"].as_u64().unwrap() > now(), "{answer}");
+
+    assert_eq!(first.closed_code(WAIT).await, Some(REVOKED), "the revoked token's connection is closed");
+    still_works(&mut second).await;
+    refused(&server.ws, &t1).await;
+    // An in-band refresh with the revoked token is refused; the connection stays.
+    second.send(&ClientFrame::Auth { token: t1.clone() }).await.unwrap();
+    let reply = second.wait_for(|f| matches!(f, ServerFrame::Error { .. })).await.unwrap();
+    assert_eq!(error_code(&reply), "unauthenticated");
+    still_works(&mut second).await;
+    let list = revoke(&server.admin, &token_file, &["--list"]);
+    assert!(list.as_array().unwrap().iter().any(|r| r["jti"] == "t1"), "{list}");
+
+    // Durable: a new process on the same data directory still refuses it.
+    drop(second);
+    drop(server);
+    let server = TestServer::start_in(&dir, &args);
+    refused(&server.ws, &t1).await;
+    let mut fine = Client::connect(&server.ws, &t2, Json).await.unwrap();
+    still_works(&mut fine).await;
+}
+
+#[tokio::test]
+async fn revoking_a_user_ends_every_session_issued_before_the_cut() {
+    let temp = tempfile::tempdir().unwrap();
+    let token_file = admin_token_file(temp.path());
+    let server = TestServer::start(&["--admin-token-file", token_file.to_str().unwrap()]);
+    let secret = server.secret().to_owned();
+    let early = now() - 60;
+    let mut phone = Client::connect(&server.ws, &token(&secret, "bob", "p", early), Json).await.unwrap();
+    let mut laptop = Client::connect(&server.ws, &token(&secret, "bob", "l", early), Bincode).await.unwrap();
+    let mut carol = Client::connect(&server.ws, &token(&secret, "carol", "c", early), Json).await.unwrap();
+
+    let answer = revoke(&server.admin, &token_file, &["--user", "bob"]);
+    assert_eq!(answer["kind"], "user");
+    let cut = answer["before"].as_u64().unwrap();
+    assert!(cut >= early + 60, "the cut defaults to now: {answer}");
+
+    assert_eq!(phone.closed_code(WAIT).await, Some(REVOKED));
+    assert_eq!(laptop.closed_code(WAIT).await, Some(REVOKED));
+    still_works(&mut carol).await;
+    refused(&server.ws, &token(&secret, "bob", "old", early)).await;
+    // A token issued at or after the cut (signed in again) works.
+    let mut again = Client::connect(&server.ws, &token(&secret, "bob", "new", cut), Json).await.unwrap();
+    still_works(&mut again).await;
+}
+
+#[tokio::test]
+async fn the_revocation_endpoint_wants_the_admin_token_and_a_valid_body() {
+    let temp = tempfile::tempdir().unwrap();
+    let token_file = admin_token_file(temp.path());
+    let server = TestServer::start(&["--admin-token-file", token_file.to_str().unwrap()]);
+    let wrong = temp.path().join("wrong");
+    std::fs::write(&wrong, "x".repeat(40)).unwrap();
+    let (code, _, err) =
+        run_command(&["revoke", "--admin", &server.admin, "--admin-token-file", wrong.to_str().unwrap(), "--jti", "a"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = run_command(&[
+        "revoke",
+        "--admin",
+        &server.admin,
+        "--admin-token-file",
+        token_file.to_str().unwrap(),
+        "--user",
+        "not a user id",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("400"), "{err}");
+    // A short admin token is a configuration error (exit 64), before anything is sent.
+    let short = temp.path().join("short");
+    std::fs::write(&short, "short").unwrap();
+    let (code, _, err) =
+        run_command(&["revoke", "--admin", &server.admin, "--admin-token-file", short.to_str().unwrap(), "--list"]);
+    assert_ne!(code, 0, "{err}");
+    // Without --admin-token-file the endpoint does not exist.
+    let open = TestServer::start(&[]);
+    assert_eq!(open.admin_get("/v1/revocations").await.0, 404);
+    let list = revoke(&server.admin, &token_file, &["--list"]);
+    assert_eq!(list, serde_json::json!([]));
+}
+
+/// Edges and routers as separate processes: a revocation given to one router reaches the
+/// connections on every edge, and a restarted router and edge still refuse the token.
+#[tokio::test]
+async fn a_revocation_reaches_every_edge_of_a_cluster_and_survives_restarts() {
+    const SECRET: &str = "cluster-test-secret-cluster-test-secret";
+    let Some(cql) = cql_node() else { return };
+    let temp = tempfile::tempdir().unwrap();
+    let token_file = admin_token_file(temp.path());
+    let router_args = ["--admin-token-file", token_file.to_str().unwrap()];
+    let nats = NatsServer::required();
+    let keyspace = unique_keyspace("rv");
+    let _guard = KeyspaceGuard::new(&cql, &keyspace);
+    let mut router = TestServer::start_router_with(&nats.url(), &cql, &keyspace, &router_args);
+    let mut edges =
+        vec![TestServer::start_edge(&nats.url(), SECRET, &[]), TestServer::start_edge(&nats.url(), SECRET, &[])];
+    let early = now() - 60;
+    let dave = |jti: &str| token(SECRET, "dave", jti, early);
+    let mut on_first = Client::connect(&edges[0].ws, &dave("d1"), Json).await.unwrap();
+    let mut on_second = Client::connect(&edges[1].ws, &dave("d2"), Bincode).await.unwrap();
+    let mut erin = Client::connect(&edges[1].ws, &token(SECRET, "erin", "e1", early), Json).await.unwrap();
+    // An edge holds no store: it takes no revocations.
+    assert_eq!(edges[0].admin_get("/v1/revocations").await.0, 404);
+
+    let started = std::time::Instant::now();
+    revoke(&router.admin, &token_file, &["--user", "dave"]);
+    assert_eq!(on_first.closed_code(WAIT).await, Some(REVOKED));
+    assert_eq!(on_second.closed_code(WAIT).await, Some(REVOKED));
+    eprintln!("revocation reached both edges in {:?}", started.elapsed());
+    still_works(&mut erin).await;
+    revoke(&router.admin, &token_file, &["--jti", "e1"]);
+    assert_eq!(erin.closed_code(WAIT).await, Some(REVOKED));
+
+    // Restart the router and an edge: the new edge reads the list from the new router.
+    router.kill9();
+    let router = TestServer::start_router_with(&nats.url(), &cql, &keyspace, &router_args);
+    edges[0].kill9();
+    edges[0] = TestServer::start_edge(&nats.url(), SECRET, &[]);
+    refused(&edges[0].ws, &dave("d1")).await;
+    refused(&edges[0].ws, &token(SECRET, "erin", "e1", early)).await;
+    refused(&edges[1].ws, &dave("d3")).await;
+    let mut fresh = Client::connect(&edges[0].ws, &token(SECRET, "erin", "e2", now()), Json).await.unwrap();
+    still_works(&mut fresh).await;
+    drop(edges);
+    drop(router);
+}

@@ -22,6 +22,8 @@ SCENARIOS=("$@")
 DURATION=${DURATION:-20s}
 EDGE_COUNT=${EDGES:-2}
 export MESSENGER_JWT_SECRET=${MESSENGER_JWT_SECRET:-bench-secret-bench-secret-bench-secret}
+# Development mode: tokens minted from this secret carry no issuer or audience.
+export MESSENGER_DEV=true
 OUT=results/$TOPOLOGY-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 # One file per connection: raise the soft limit to the hard one (20,000 on these machines).

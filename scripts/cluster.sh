@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 DIR=${MESSENGER_CLUSTER_DIR:-${TMPDIR:-/tmp}/messenger-cluster}
 CQL_PORT=19042
 export MESSENGER_JWT_SECRET=${MESSENGER_JWT_SECRET:-local-cluster-secret-local-cluster-secret}
+# Development mode: tokens minted from this secret carry no issuer or audience.
+export MESSENGER_DEV=true
 BIN=target/release/messenger
 
 stop() {

@@ -1,5 +1,7 @@
 //! Token verification: a pure function of the token, the configured keys and the time.
 
+use std::sync::{Arc, RwLock};
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use protocol::ids::valid_user_id;
 use protocol::limits::MAX_TOKEN_BYTES;
@@ -76,19 +78,26 @@ impl AuthError {
 pub struct VerificationKey {
     pub algorithm: Algorithm,
     pub key: DecodingKey,
+    /// The key id (`kid`) tokens name it by; keys from a JWKS always have one.
+    pub kid: Option<String>,
 }
 
 impl std::fmt::Debug for VerificationKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VerificationKey({:?})", self.algorithm)
+        write!(f, "VerificationKey({:?}, kid {:?})", self.algorithm, self.kid)
     }
 }
 
 /// Verifies tokens against an explicit allow-list of (algorithm, key) pairs: a token whose
 /// header names any other algorithm (`none`, or HS256 against an RSA public key) is refused.
+///
+/// Two kinds of keys: static ones from the command line (chosen by the token's `alg`), and
+/// a key set (JWKS, chosen by the token's `kid`, and its `alg` must be the key's) that can be
+/// replaced while the node runs ([`Authenticator::set_key_set`]); clones share it.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     keys: Vec<VerificationKey>,
+    key_set: Arc<RwLock<Arc<Vec<VerificationKey>>>>,
     issuer: Option<String>,
     audience: Option<String>,
     /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -107,8 +116,10 @@ impl Authenticator {
 /// Errors building an [`Authenticator`] from configuration.
 #[derive(Debug, Error)]
 pub enum KeyError {
-    #[error("no verification key configured (give an HS256 secret or a public key)")]
+    #[error("no verification key configured (give an HS256 secret, a public key or a JWKS)")]
     NoKeys,
+    #[error("JWKS: {0}")]
+    BadKeySet(String),
     #[error("HS256 secret must be at least 32 bytes")]
     WeakSecret,
     #[error("public key: {0}")]
@@ -117,11 +128,22 @@ pub enum KeyError {
 
 impl Authenticator {
     pub fn new(keys: Vec<VerificationKey>, issuer: Option<String>, audience: Option<String>) -> Result<Self, KeyError> {
-        if keys.is_empty() {
+        Self::with_key_set(keys, Vec::new(), issuer, audience)
+    }
+
+    /// With a key set (JWKS) besides the static keys; at least one key in all.
+    pub fn with_key_set(
+        keys: Vec<VerificationKey>,
+        key_set: Vec<VerificationKey>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Self, KeyError> {
+        if keys.is_empty() && key_set.is_empty() {
             return Err(KeyError::NoKeys);
         }
         Ok(Authenticator {
             keys,
+            key_set: Arc::new(RwLock::new(Arc::new(key_set))),
             issuer,
             audience,
             leeway: Self::DEFAULT_LEEWAY,
@@ -146,22 +168,85 @@ impl Authenticator {
         self.max_lifetime
     }
 
+    /// Replaces the key set (a JWKS reloaded): tokens verified from now on use `keys`;
+    /// connections already open are not affected.
+    pub fn set_key_set(&self, keys: Vec<VerificationKey>) {
+        *self.key_set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    /// The key ids of the current key set.
+    pub fn key_ids(&self) -> Vec<String> {
+        self.key_set.read().unwrap_or_else(|p| p.into_inner()).iter().filter_map(|k| k.kid.clone()).collect()
+    }
+
     /// HS256 with a shared secret (development, or a trusted token service).
     pub fn hs256_key(secret: &[u8]) -> Result<VerificationKey, KeyError> {
         if secret.len() < 32 {
             return Err(KeyError::WeakSecret);
         }
-        Ok(VerificationKey { algorithm: Algorithm::HS256, key: DecodingKey::from_secret(secret) })
+        Ok(VerificationKey { algorithm: Algorithm::HS256, key: DecodingKey::from_secret(secret), kid: None })
     }
 
     /// A PEM public key: Ed25519 (EdDSA) or RSA (RS256), detected from the PEM.
     pub fn public_key(pem: &[u8]) -> Result<VerificationKey, KeyError> {
         if let Ok(key) = DecodingKey::from_ed_pem(pem) {
-            return Ok(VerificationKey { algorithm: Algorithm::EdDSA, key });
+            return Ok(VerificationKey { algorithm: Algorithm::EdDSA, key, kid: None });
         }
         DecodingKey::from_rsa_pem(pem)
-            .map(|key| VerificationKey { algorithm: Algorithm::RS256, key })
+            .map(|key| VerificationKey { algorithm: Algorithm::RS256, key, kid: None })
             .map_err(|e| KeyError::BadKey(e.to_string()))
+    }
+
+    /// The signing keys of a JWKS document (RFC 7517), as an OpenID provider publishes them.
+    /// Keys marked `"use":"enc"` and of algorithms we do not verify are skipped; symmetric
+    /// (`oct`) keys are refused outright, since a key set is public. Each key needs a `kid`.
+    pub fn key_set(json: &[u8]) -> Result<Vec<VerificationKey>, KeyError> {
+        use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+        let set: JwkSet = serde_json::from_slice(json).map_err(|e| KeyError::BadKeySet(e.to_string()))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let Some(kid) = jwk.common.key_id.clone() else {
+                return Err(KeyError::BadKeySet("a key without \"kid\"".into()));
+            };
+            let declared = jwk.common.key_algorithm;
+            let algorithm = match (&jwk.algorithm, declared) {
+                (AlgorithmParameters::OctetKey(_), _) => {
+                    return Err(KeyError::BadKeySet(format!("key {kid:?} is symmetric; a key set holds public keys")));
+                }
+                (AlgorithmParameters::RSA(_), None | Some(KeyAlgorithm::RS256)) => Algorithm::RS256,
+                (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::RS384)) => Algorithm::RS384,
+                (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::RS512)) => Algorithm::RS512,
+                (AlgorithmParameters::RSA(_), Some(KeyAlgorithm::PS256)) => Algorithm::PS256,
+                (AlgorithmParameters::EllipticCurve(p), None | Some(KeyAlgorithm::ES256))
+                    if p.curve == EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
+                (AlgorithmParameters::EllipticCurve(p), None | Some(KeyAlgorithm::ES384))
+                    if p.curve == EllipticCurve::P384 =>
+                {
+                    Algorithm::ES384
+                }
+                (AlgorithmParameters::OctetKeyPair(p), None | Some(KeyAlgorithm::EdDSA))
+                    if p.curve == EllipticCurve::Ed25519 =>
+                {
+                    Algorithm::EdDSA
+                }
+                _ => {
+                    tracing::warn!(kid, "JWKS key of an algorithm we do not verify: skipped");
+                    continue;
+                }
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeyError::BadKeySet(format!("key {kid:?}: {e}")))?;
+            keys.push(VerificationKey { algorithm, key, kid: Some(kid) });
+        }
+        if keys.is_empty() {
+            return Err(KeyError::BadKeySet("no signing key we can verify with".into()));
+        }
+        Ok(keys)
     }
 
     /// Verifies `token` at `now` (seconds since the Unix epoch).
@@ -170,8 +255,15 @@ impl Authenticator {
             return Err(AuthError::TooLarge);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let Some(vk) = self.keys.iter().find(|k| k.algorithm == header.alg) else {
-            return Err(AuthError::Invalid(format!("algorithm {:?} not allowed", header.alg)));
+        // A `kid` names a key of the set, whose algorithm must be the token's; otherwise (or
+        // without a `kid`) the static key of the token's algorithm.
+        let key_set = self.key_set.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let by_kid = header
+            .kid
+            .as_deref()
+            .and_then(|kid| key_set.iter().find(|k| k.kid.as_deref() == Some(kid) && k.algorithm == header.alg));
+        let Some(vk) = by_kid.or_else(|| self.keys.iter().find(|k| k.algorithm == header.alg)) else {
+            return Err(AuthError::Invalid(format!("no key for algorithm {:?} and kid {:?}", header.alg, header.kid)));
         };
         // Time checks are ours (against the `now` we were given), so the library's are off.
         let mut validation = Validation::new(vk.algorithm);
@@ -343,6 +435,48 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(auth.verify(&confused, 50), Err(AuthError::Invalid(_))));
+    }
+
+    const ED_JWK_X: &str = "LLnD4sBd--Wt5szvgwxixU69lavEWq50cRpJA9e5e1g";
+
+    fn signed_with_kid(kid: Option<&str>) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = kid.map(str::to_owned);
+        let signing = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+        encode(&header, &C { sub: "dana", exp: 100 }, &signing).unwrap()
+    }
+
+    #[test]
+    fn key_sets_choose_by_kid_and_can_be_replaced() {
+        let jwks = |kid: &str| {
+            format!(
+                r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{ED_JWK_X}","kid":"{kid}","use":"sig"}},
+                {{"kty":"RSA","use":"enc","kid":"enc-1","n":"AQAB","e":"AQAB","alg":"RSA-OAEP"}}]}}"#
+            )
+        };
+        let set = Authenticator::key_set(jwks("2026-11").as_bytes()).unwrap();
+        assert_eq!(set.len(), 1, "the encryption key is skipped");
+        assert_eq!((set[0].algorithm, set[0].kid.as_deref()), (Algorithm::EdDSA, Some("2026-11")));
+        let auth = Authenticator::with_key_set(vec![], set, None, None).unwrap();
+        assert_eq!(auth.verify(&signed_with_kid(Some("2026-11")), 50).unwrap().user, "dana");
+        assert!(auth.verify(&signed_with_kid(Some("other")), 50).is_err(), "unknown kid");
+        assert!(auth.verify(&signed_with_kid(None), 50).is_err(), "a key set key needs the kid");
+        // Rotation: the same key under a new kid, the old one gone; clones see it.
+        let shared = auth.clone();
+        auth.set_key_set(Authenticator::key_set(jwks("2026-12").as_bytes()).unwrap());
+        assert_eq!(shared.key_ids(), vec!["2026-12".to_owned()]);
+        assert!(shared.verify(&signed_with_kid(Some("2026-11")), 50).is_err());
+        assert!(shared.verify(&signed_with_kid(Some("2026-12")), 50).is_ok());
+    }
+
+    #[test]
+    fn key_sets_refuse_secrets_and_keys_without_ids() {
+        let oct = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"s"}]}"#;
+        assert!(matches!(Authenticator::key_set(oct.as_bytes()), Err(KeyError::BadKeySet(_))));
+        let no_kid = format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{ED_JWK_X}"}}]}}"#);
+        assert!(matches!(Authenticator::key_set(no_kid.as_bytes()), Err(KeyError::BadKeySet(_))));
+        assert!(Authenticator::key_set(b"{\"keys\":[]}").is_err());
+        assert!(Authenticator::key_set(b"not json").is_err());
     }
 
     #[test]

@@ -270,17 +270,26 @@ impl CqlArgs {
 
 #[derive(Debug, Args)]
 pub struct AuthArgs {
-    /// HS256 secret (≥ 32 bytes). Without it and without a public key, the standalone node
-    /// uses (and creates) a development secret in the data directory.
+    /// Development mode: a standalone node without a key uses (and creates) a development
+    /// secret in the data directory, and `iss`/`aud` may be left unchecked. Never in
+    /// production: without it, a node refuses to start without a key, an issuer and an
+    /// audience.
+    #[arg(long, env = "MESSENGER_DEV")]
+    pub dev: bool,
+    /// HS256 secret (≥ 32 bytes).
     #[arg(long, env = "MESSENGER_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// JWKS file (an OpenID provider's signing keys, e.g. Keycloak's `/certs`): tokens name
+    /// their key by `kid`. Reloaded when the file changes and on SIGHUP.
+    #[arg(long, env = "MESSENGER_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
     /// PEM public key file (Ed25519 → EdDSA, RSA → RS256) for production tokens.
     #[arg(long, env = "MESSENGER_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
-    /// Required `iss` claim.
+    /// Required `iss` claim (required outside --dev).
     #[arg(long, env = "MESSENGER_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// Required `aud` claim.
+    /// Required `aud` claim (required outside --dev).
     #[arg(long, env = "MESSENGER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`; an open connection is closed (4012)

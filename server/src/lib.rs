@@ -9,6 +9,7 @@
 //! - [`standalone`]: edge + router + in-process bus + embedded store in one process.
 //! - [`cluster`]: the edge and router processes of a cluster (NATS, ScyllaDB).
 //! - [`control`]: the admin port's revocation endpoints, and the `revoke` command's client.
+//! - [`keys`]: the token key set (JWKS file), reloaded while the node runs.
 //! - [`token`]: development tokens and the development secret.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod keys;
 pub mod standalone;
 pub mod telemetry;
 pub mod token;

@@ -13,7 +13,7 @@ use router::RouterConfig;
 use server::cluster::{self, EdgeNodeConfig, RouterNodeConfig};
 use server::config::{AuthArgs, Cli, Command, EXIT_CONFIG, StandaloneArgs};
 use server::standalone::{self, StandaloneConfig};
-use server::{control, telemetry, token};
+use server::{control, keys, telemetry, token};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,9 @@ fn main() -> ExitCode {
             };
             let (listen, admin, data_dir) = (args.node.listen, args.node.admin_listen, args.node.data_dir.clone());
             let backlog = args.node.listen_backlog;
+            let key_set = key_set_watch(&args.node.auth, &config.auth);
             serve(&cli.log, compact, move |render, shutdown| async move {
+                key_set(&shutdown);
                 let listener = bind_clients(listen, backlog)?;
                 let admin = bind(admin).await?;
                 announce(&listener, &admin)?;
@@ -70,7 +72,9 @@ fn main() -> ExitCode {
                 Err(err) => return config_error(err),
             };
             let (listen, admin, backlog) = (args.node.listen, args.node.admin_listen, args.node.listen_backlog);
+            let key_set = key_set_watch(&args.node.auth, &config.auth);
             serve(&cli.log, compact, move |render, shutdown| async move {
+                key_set(&shutdown);
                 let listener = bind_clients(listen, backlog)?;
                 let admin = bind(admin).await?;
                 announce(&listener, &admin)?;
@@ -88,6 +92,16 @@ fn main() -> ExitCode {
                 println!("listening admin={}", admin.local_addr()?);
                 cluster::run_router(config, admin, render, shutdown).await
             })
+        }
+    }
+}
+
+/// Starts following `--jwt-jwks-file`, if given, once the runtime runs.
+fn key_set_watch(args: &AuthArgs, auth: &Authenticator) -> impl FnOnce(&CancellationToken) + use<> {
+    let watch = args.jwt_jwks_file.clone().map(|path| (path, auth.clone()));
+    move |shutdown: &CancellationToken| {
+        if let Some((path, auth)) = watch {
+            tokio::spawn(keys::watch(path, auth, shutdown.clone()));
         }
     }
 }
@@ -200,12 +214,24 @@ fn admin_token(args: &server::config::RevocationArgs) -> anyhow::Result<Option<V
 
 fn authenticator(auth: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<Authenticator> {
     let mut keys = Vec::new();
-    let secret = match (&auth.jwt_secret, &auth.jwt_public_key) {
-        (Some(s), _) => Some(s.clone()),
-        (None, Some(_)) => None,
-        (None, None) => {
+    let configured = auth.jwt_secret.is_some() || auth.jwt_public_key.is_some() || auth.jwt_jwks_file.is_some();
+    if !auth.dev {
+        if !configured {
+            anyhow::bail!(
+                "no token key: give --jwt-public-key, --jwt-jwks-file or --jwt-secret \
+                 (or --dev, on a laptop only, for a development secret in the data directory)"
+            );
+        }
+        if auth.jwt_issuer.is_none() || auth.jwt_audience.is_none() {
+            anyhow::bail!("--jwt-issuer and --jwt-audience are required (outside --dev)");
+        }
+    }
+    let secret = match &auth.jwt_secret {
+        Some(s) => Some(s.clone()),
+        None if configured => None,
+        None => {
             eprintln!(
-                "WARNING: no --jwt-secret or --jwt-public-key: using the development secret in {}. \
+                "WARNING: --dev without a token key: using the development secret in {}. \
                  Anyone who can read that file can mint tokens. Do not run like this in production.",
                 data_dir.join(token::DEV_SECRET_FILE).display()
             );
@@ -219,13 +245,17 @@ fn authenticator(auth: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<
         let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         keys.push(Authenticator::public_key(&pem)?);
     }
+    let key_set = match &auth.jwt_jwks_file {
+        Some(path) => keys::load(path)?,
+        None => Vec::new(),
+    };
     if auth.jwt_leeway.0 > std::time::Duration::from_secs(300) {
         anyhow::bail!("--jwt-leeway must be at most 5m");
     }
     if auth.jwt_max_lifetime.0 < std::time::Duration::from_secs(60) {
         anyhow::bail!("--jwt-max-lifetime must be at least 1m");
     }
-    Ok(Authenticator::new(keys, auth.jwt_issuer.clone(), auth.jwt_audience.clone())?
+    Ok(Authenticator::with_key_set(keys, key_set, auth.jwt_issuer.clone(), auth.jwt_audience.clone())?
         .with_limits(auth.jwt_leeway.0.as_secs(), auth.jwt_max_lifetime.0.as_secs()))
 }
 
@@ -285,8 +315,9 @@ fn audit_log(spec: &str, node: &str) -> anyhow::Result<Arc<audit::AuditLog>> {
 fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeConfig> {
     // A cluster edge never makes up a development secret of its own: every token minted by
     // the cluster's token service would fail on it, silently.
-    if args.node.auth.jwt_secret.is_none() && args.node.auth.jwt_public_key.is_none() {
-        anyhow::bail!("an edge needs the cluster's token key: give --jwt-secret or --jwt-public-key");
+    let auth = &args.node.auth;
+    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && auth.jwt_jwks_file.is_none() {
+        anyhow::bail!("an edge needs the cluster's token key: give --jwt-public-key, --jwt-jwks-file or --jwt-secret");
     }
     Ok(EdgeNodeConfig {
         audit: audit_log(&args.node.audit_log, &format!("edge-{}", args.node.listen))?,

@@ -50,7 +50,8 @@ impl TestServer {
 
     /// Starts a server on an existing data directory (restarts).
     pub fn start_in(dir: &Path, args: &[&str]) -> TestServer {
-        let mut full = vec!["standalone", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"];
+        let mut full =
+            vec!["standalone", "--dev", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"];
         let dir_str = dir.to_str().expect("utf-8 path").to_owned();
         full.push(&dir_str);
         full.extend_from_slice(args);
@@ -86,7 +87,8 @@ impl TestServer {
     /// Starts a cluster edge on free ports.
     pub fn start_edge(nats: &str, secret: &str, extra: &[&str]) -> TestServer {
         let mut args = vec!["edge", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--nats", nats];
-        args.extend_from_slice(&["--jwt-secret", secret]);
+        // Test tokens carry no issuer or audience.
+        args.extend_from_slice(&["--dev", "--jwt-secret", secret]);
         args.extend_from_slice(extra);
         let mut s = TestServer::spawn(&args, None);
         s.secret = secret.to_owned();
@@ -121,7 +123,7 @@ impl TestServer {
     }
 
     /// Spawns `messenger ARGS`, reads the addresses it prints, waits until it is ready.
-    fn spawn(args: &[&str], _env: Option<()>) -> TestServer {
+    pub fn spawn(args: &[&str], _env: Option<()>) -> TestServer {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger"));
         cmd.args(args)
             .args(["--log", &std::env::var("MESSENGER_TEST_LOG").unwrap_or_else(|_| "warn,scylla=off".into())])

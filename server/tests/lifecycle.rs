@@ -169,20 +169,26 @@ async fn health_and_metrics_endpoints() {
 #[test]
 fn bad_configuration_exits_64() {
     for args in [
-        vec!["standalone", "--max-frame-bytes", "5"],
-        vec!["standalone", "--no-such-flag"],
-        vec!["standalone", "--idle-timeout", "forever"],
-        vec!["standalone", "--jwt-secret", "short"],
-        vec!["standalone", "--listen-backlog", "0"],
-        vec!["edge", "--listen-backlog", "70000"],
+        vec!["standalone", "--dev", "--max-frame-bytes", "5"],
+        vec!["standalone", "--dev", "--no-such-flag"],
+        vec!["standalone", "--dev", "--idle-timeout", "forever"],
+        vec!["standalone", "--dev", "--jwt-secret", "short"],
+        vec!["standalone", "--dev", "--listen-backlog", "0"],
+        vec!["edge", "--dev", "--listen-backlog", "70000"],
         // An edge without the cluster's token key never falls back to a development secret.
-        vec!["edge", "--nats", "nats://127.0.0.1:1"],
+        vec!["edge", "--dev", "--nats", "nats://127.0.0.1:1"],
         vec!["router", "--cql-keyspace", "Bad-Name"],
-        vec!["standalone", "--jwt-max-lifetime", "10s"],
-        vec!["standalone", "--jwt-leeway", "1h"],
-        vec!["standalone", "--write-timeout", "0s"],
-        vec!["standalone", "--max-connections-per-ip", "0"],
-        vec!["standalone", "--trusted-proxies", "10.0.0.0/99"],
+        vec!["standalone", "--dev", "--jwt-max-lifetime", "10s"],
+        vec!["standalone", "--dev", "--jwt-leeway", "1h"],
+        vec!["standalone", "--dev", "--write-timeout", "0s"],
+        vec!["standalone", "--dev", "--max-connections-per-ip", "0"],
+        vec!["standalone", "--dev", "--trusted-proxies", "10.0.0.0/99"],
+        // Outside --dev: no development secret, and an issuer and an audience are required.
+        vec!["standalone"],
+        vec!["standalone", "--jwt-secret", "0123456789abcdef0123456789abcdef"],
+        vec!["standalone", "--jwt-secret", "0123456789abcdef0123456789abcdef", "--jwt-issuer", "i"],
+        vec!["standalone", "--dev", "--jwt-jwks-file", "/nonexistent/jwks.json"],
+        vec!["standalone", "--dev", "--revocation-retention", "1h"],
         vec!["frobnicate"],
     ] {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_messenger"))

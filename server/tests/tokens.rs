@@ -1,7 +1,10 @@
-//! Token revocation end to end: the `messenger revoke` command against a real node's admin
-//! port, open connections cut off (4013), revoked tokens refused at connect and at refresh,
-//! and revocations kept across restarts, on a standalone node and on a cluster (2 edges,
-//! a router, real NATS and the CQL database).
+//! Tokens end to end, against the real binary.
+//!
+//! Revocation: the `messenger revoke` command against a real node's admin port, open
+//! connections cut off (4013), revoked tokens refused at connect and at refresh, and
+//! revocations kept across restarts, on a standalone node and on a cluster (2 edges, a
+//! router, real NATS and the CQL database). Key rotation: a JWKS file rewritten under a
+//! running node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fixture;
@@ -199,4 +202,105 @@ async fn a_revocation_reaches_every_edge_of_a_cluster_and_survives_restarts() {
     still_works(&mut fresh).await;
     drop(edges);
     drop(router);
+}
+
+/// A fresh Ed25519 key: the signing half, and the public half as a JWK `x`.
+fn ed25519_key() -> (jsonwebtoken::EncodingKey, String) {
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    (jsonwebtoken::EncodingKey::from_ed_der(pkcs8.as_ref()), base64url(pair.public_key().as_ref()))
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn jwks(keys: &[(&str, &str)]) -> String {
+    let keys: Vec<_> = keys
+        .iter()
+        .map(|(kid, x)| serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig" }))
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+const ISSUER: &str = "https://id.example.com/realms/chat";
+const AUDIENCE: &str = "messenger";
+
+fn signed(key: &jsonwebtoken::EncodingKey, kid: &str, user: &str) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some(kid.to_owned());
+    let claims = serde_json::json!({ "sub": user, "iat": now(), "exp": now() + 600, "iss": ISSUER, "aud": AUDIENCE });
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// Whether `token` gets a session now.
+async fn accepted(ws: &str, token: &str) -> bool {
+    Client::connect(ws, token, Json).await.is_ok()
+}
+
+#[tokio::test]
+async fn a_jwks_file_rotated_under_a_running_node_switches_keys_without_dropping_connections() {
+    let temp = tempfile::tempdir().unwrap();
+    let file = temp.path().join("jwks.json");
+    let (old, old_x) = ed25519_key();
+    let (new, new_x) = ed25519_key();
+    std::fs::write(&file, jwks(&[("old", &old_x)])).unwrap();
+    let data = temp.path().join("data");
+    // Production mode (no --dev): a key set, an issuer and an audience.
+    let server = TestServer::spawn(
+        &[
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--jwt-jwks-file",
+            file.to_str().unwrap(),
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+        ],
+        None,
+    );
+    assert!(!data.join("dev-jwt-secret").exists(), "no development secret outside --dev");
+    let mut open = Client::connect(&server.ws, &signed(&old, "old", "fay"), Json).await.unwrap();
+    assert!(!accepted(&server.ws, &signed(&new, "new", "fay")).await, "the new key is not published yet");
+
+    // Publish the new key beside the old one: picked up on SIGHUP.
+    std::fs::write(&file, jwks(&[("old", &old_x), ("new", &new_x)])).unwrap();
+    server.signal("HUP");
+    let fresh = signed(&new, "new", "fay");
+    testkit::poll_until("the new key", WAIT, async || accepted(&server.ws, &fresh).await.then_some(())).await;
+    assert!(accepted(&server.ws, &signed(&old, "old", "fay")).await);
+
+    // Retire the old key, this time without a signal: the file watch notices.
+    std::fs::write(&file, jwks(&[("new", &new_x)])).unwrap();
+    let stale = signed(&old, "old", "fay");
+    testkit::poll_until("the old key retired", Duration::from_secs(30), async || {
+        (!accepted(&server.ws, &stale).await).then_some(())
+    })
+    .await;
+    assert!(accepted(&server.ws, &signed(&new, "new", "fay")).await);
+    // The connection opened with the old key is still up.
+    still_works(&mut open).await;
+
+    // A broken file is refused and the last good set stays.
+    std::fs::write(&file, "{ not json").unwrap();
+    server.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(accepted(&server.ws, &signed(&new, "new", "fay")).await);
+    let (_, metrics) = server.admin_get("/metrics").await;
+    assert!(metrics.contains("auth_key_set_reloads_total{result=\"error\"}"), "{metrics}");
 }

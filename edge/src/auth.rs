@@ -98,6 +98,8 @@ impl std::fmt::Debug for VerificationKey {
 pub struct Authenticator {
     keys: Vec<VerificationKey>,
     key_set: Arc<RwLock<Arc<Vec<VerificationKey>>>>,
+    /// Woken when a token names a `kid` the set lacks (a provider's new key, or garbage).
+    key_missed: Arc<tokio::sync::Notify>,
     issuer: Option<String>,
     audience: Option<String>,
     /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
@@ -144,6 +146,7 @@ impl Authenticator {
         Ok(Authenticator {
             keys,
             key_set: Arc::new(RwLock::new(Arc::new(key_set))),
+            key_missed: Arc::new(tokio::sync::Notify::new()),
             issuer,
             audience,
             leeway: Self::DEFAULT_LEEWAY,
@@ -172,6 +175,11 @@ impl Authenticator {
     /// connections already open are not affected.
     pub fn set_key_set(&self, keys: Vec<VerificationKey>) {
         *self.key_set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    /// Resolves when a token named a `kid` the key set lacks.
+    pub async fn key_missed(&self) {
+        self.key_missed.notified().await
     }
 
     /// The key ids of the current key set.
@@ -262,6 +270,9 @@ impl Authenticator {
             .kid
             .as_deref()
             .and_then(|kid| key_set.iter().find(|k| k.kid.as_deref() == Some(kid) && k.algorithm == header.alg));
+        if by_kid.is_none() && header.kid.is_some() && !key_set.is_empty() {
+            self.key_missed.notify_one();
+        }
         let Some(vk) = by_kid.or_else(|| self.keys.iter().find(|k| k.algorithm == header.alg)) else {
             return Err(AuthError::Invalid(format!("no key for algorithm {:?} and kid {:?}", header.alg, header.kid)));
         };

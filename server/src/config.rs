@@ -281,8 +281,16 @@ pub struct AuthArgs {
     pub jwt_secret: Option<String>,
     /// JWKS file (an OpenID provider's signing keys, e.g. Keycloak's `/certs`): tokens name
     /// their key by `kid`. Reloaded when the file changes and on SIGHUP.
-    #[arg(long, env = "MESSENGER_JWT_JWKS_FILE")]
+    #[arg(long, env = "MESSENGER_JWT_JWKS_FILE", conflicts_with = "jwt_jwks_url")]
     pub jwt_jwks_file: Option<PathBuf>,
+    /// JWKS URL of an OpenID provider (`https://…/certs`): fetched at start (the node does not
+    /// start without it), then every --jwt-jwks-refresh, and early when a token names an
+    /// unknown `kid`.
+    #[arg(long, env = "MESSENGER_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// How often --jwt-jwks-url is fetched again (with If-None-Match).
+    #[arg(long, env = "MESSENGER_JWT_JWKS_REFRESH", default_value = "5m")]
+    pub jwt_jwks_refresh: Span,
     /// PEM public key file (Ed25519 → EdDSA, RSA → RS256) for production tokens.
     #[arg(long, env = "MESSENGER_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,

@@ -98,10 +98,13 @@ fn main() -> ExitCode {
 
 /// Starts following `--jwt-jwks-file`, if given, once the runtime runs.
 fn key_set_watch(args: &AuthArgs, auth: &Authenticator) -> impl FnOnce(&CancellationToken) + use<> {
-    let watch = args.jwt_jwks_file.clone().map(|path| (path, auth.clone()));
+    let (file, url, refresh, auth) =
+        (args.jwt_jwks_file.clone(), args.jwt_jwks_url.clone(), args.jwt_jwks_refresh.0, auth.clone());
     move |shutdown: &CancellationToken| {
-        if let Some((path, auth)) = watch {
+        if let Some(path) = file {
             tokio::spawn(keys::watch(path, auth, shutdown.clone()));
+        } else if let Some(url) = url {
+            tokio::spawn(keys::poll(url, auth, refresh, None, shutdown.clone()));
         }
     }
 }
@@ -214,11 +217,14 @@ fn admin_token(args: &server::config::RevocationArgs) -> anyhow::Result<Option<V
 
 fn authenticator(auth: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<Authenticator> {
     let mut keys = Vec::new();
-    let configured = auth.jwt_secret.is_some() || auth.jwt_public_key.is_some() || auth.jwt_jwks_file.is_some();
+    let configured = auth.jwt_secret.is_some()
+        || auth.jwt_public_key.is_some()
+        || auth.jwt_jwks_file.is_some()
+        || auth.jwt_jwks_url.is_some();
     if !auth.dev {
         if !configured {
             anyhow::bail!(
-                "no token key: give --jwt-public-key, --jwt-jwks-file or --jwt-secret \
+                "no token key: give --jwt-jwks-url, --jwt-jwks-file, --jwt-public-key or --jwt-secret \
                  (or --dev, on a laptop only, for a development secret in the data directory)"
             );
         }
@@ -245,9 +251,13 @@ fn authenticator(auth: &AuthArgs, data_dir: &std::path::Path) -> anyhow::Result<
         let pem = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
         keys.push(Authenticator::public_key(&pem)?);
     }
-    let key_set = match &auth.jwt_jwks_file {
-        Some(path) => keys::load(path)?,
-        None => Vec::new(),
+    if auth.jwt_jwks_refresh.0 < std::time::Duration::from_secs(10) {
+        anyhow::bail!("--jwt-jwks-refresh must be at least 10s");
+    }
+    let key_set = match (&auth.jwt_jwks_file, &auth.jwt_jwks_url) {
+        (Some(path), _) => keys::load(path)?,
+        (None, Some(url)) => keys::load_url(url)?.0,
+        (None, None) => Vec::new(),
     };
     if auth.jwt_leeway.0 > std::time::Duration::from_secs(300) {
         anyhow::bail!("--jwt-leeway must be at most 5m");
@@ -316,8 +326,14 @@ fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeCo
     // A cluster edge never makes up a development secret of its own: every token minted by
     // the cluster's token service would fail on it, silently.
     let auth = &args.node.auth;
-    if auth.jwt_secret.is_none() && auth.jwt_public_key.is_none() && auth.jwt_jwks_file.is_none() {
-        anyhow::bail!("an edge needs the cluster's token key: give --jwt-public-key, --jwt-jwks-file or --jwt-secret");
+    if auth.jwt_secret.is_none()
+        && auth.jwt_public_key.is_none()
+        && auth.jwt_jwks_file.is_none()
+        && auth.jwt_jwks_url.is_none()
+    {
+        anyhow::bail!(
+            "an edge needs the cluster's token key: give --jwt-jwks-url, --jwt-jwks-file, --jwt-public-key or --jwt-secret"
+        );
     }
     Ok(EdgeNodeConfig {
         audit: audit_log(&args.node.audit_log, &format!("edge-{}", args.node.listen))?,

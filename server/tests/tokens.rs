@@ -304,3 +304,73 @@ async fn a_jwks_file_rotated_under_a_running_node_switches_keys_without_dropping
     let (_, metrics) = server.admin_get("/metrics").await;
     assert!(metrics.contains("auth_key_set_reloads_total{result=\"error\"}"), "{metrics}");
 }
+
+/// Serves `doc` at any path over HTTP/1.1, one request per connection, like an OpenID
+/// provider's JWKS endpoint; counts the requests.
+async fn jwks_endpoint(
+    doc: std::sync::Arc<std::sync::Mutex<String>>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/realms/chat/protocol/openid-connect/certs", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = doc.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    (url, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_url_is_fetched_at_start_and_polled_for_new_keys() {
+    let (old, old_x) = ed25519_key();
+    let (new, new_x) = ed25519_key();
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(jwks(&[("old", &old_x)])));
+    let (url, hits) = jwks_endpoint(doc.clone()).await;
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("data");
+    let server = TestServer::spawn(
+        &[
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--jwt-jwks-url",
+            &url,
+            "--jwt-jwks-refresh",
+            "10s",
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+        ],
+        None,
+    );
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "fetched at start");
+    let mut open = Client::connect(&server.ws, &signed(&old, "old", "gil"), Json).await.unwrap();
+    // The provider rotates: the new key only.
+    *doc.lock().unwrap() = jwks(&[("new", &new_x)]);
+    let fresh = signed(&new, "new", "gil");
+    testkit::poll_until("the provider's new key", Duration::from_secs(40), async || {
+        accepted(&server.ws, &fresh).await.then_some(())
+    })
+    .await;
+    assert!(!accepted(&server.ws, &signed(&old, "old", "gil")).await, "the retired key is gone");
+    still_works(&mut open).await;
+}

@@ -488,6 +488,12 @@ pub struct TokenArgs {
     /// Data directory holding the development secret.
     #[arg(long, env = "MESSENGER_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// `iss` claim (for a node started with --jwt-issuer).
+    #[arg(long, env = "MESSENGER_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// `aud` claim (for a node started with --jwt-audience).
+    #[arg(long, env = "MESSENGER_JWT_AUDIENCE")]
+    pub audience: Option<String>,
 }
 
 /// A duration on the command line and in the environment: `250ms`, `30s`, `5m`, `24h` (a

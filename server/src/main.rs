@@ -185,7 +185,8 @@ fn mint(args: server::config::TokenArgs) -> anyhow::Result<String> {
     if !protocol::ids::valid_user_id(&args.user) {
         anyhow::bail!("user ids are 1-64 bytes of [A-Za-z0-9._@-]");
     }
-    token::mint(secret.as_bytes(), &args.user, args.ttl)
+    let to = token::Audience { issuer: args.issuer.as_deref(), audience: args.audience.as_deref() };
+    token::mint(secret.as_bytes(), &args.user, args.ttl, to)
 }
 
 /// Sends a revocation (or asks for the list) to a node's admin port.

@@ -15,12 +15,26 @@ struct Claims<'a> {
     sub: &'a str,
     iat: u64,
     exp: u64,
+    /// Random, so that the token can be revoked alone.
+    jti: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
-/// Mints an HS256 token for `user`, valid for `ttl`.
-pub fn mint(secret: &[u8], user: &str, ttl: Duration) -> anyhow::Result<String> {
+/// What a minted token says besides its user.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Audience<'a> {
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+}
+
+/// Mints an HS256 token for `user`, valid for `ttl`, with a random `jti`.
+pub fn mint(secret: &[u8], user: &str, ttl: Duration, to: Audience<'_>) -> anyhow::Result<String> {
     let iat = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims { sub: user, iat, exp: iat + ttl.as_secs() };
+    let jti = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    let claims = Claims { sub: user, iat, exp: iat + ttl.as_secs(), jti, iss: to.issuer, aud: to.audience };
     Ok(encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))?)
 }
 

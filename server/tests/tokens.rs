@@ -374,3 +374,47 @@ async fn a_jwks_url_is_fetched_at_start_and_polled_for_new_keys() {
     assert!(!accepted(&server.ws, &signed(&old, "old", "gil")).await, "the retired key is gone");
     still_works(&mut open).await;
 }
+
+/// Outside --dev, tokens must carry the configured issuer and audience; `messenger token`
+/// mints such tokens, each with its own `jti`.
+#[tokio::test]
+async fn outside_dev_mode_tokens_need_the_issuer_and_the_audience() {
+    const SECRET: &str = "production-like-secret-production-like";
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().to_str().unwrap();
+    let server = TestServer::spawn(
+        &[
+            "standalone",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data,
+            "--jwt-secret",
+            SECRET,
+            "--jwt-issuer",
+            ISSUER,
+            "--jwt-audience",
+            AUDIENCE,
+        ],
+        None,
+    );
+    let mint = |extra: &[&str]| {
+        let mut args = vec!["token", "--user", "hal", "--secret", SECRET];
+        args.extend_from_slice(extra);
+        let (code, out, err) = run_command(&args);
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_owned()
+    };
+    let good = mint(&["--issuer", ISSUER, "--audience", AUDIENCE]);
+    assert_ne!(good, mint(&["--issuer", ISSUER, "--audience", AUDIENCE]), "each token has its own jti");
+    let mut c = Client::connect(&server.ws, &good, Json).await.unwrap();
+    still_works(&mut c).await;
+    for bare in [mint(&[]), mint(&["--issuer", ISSUER]), mint(&["--issuer", ISSUER, "--audience", "other"])] {
+        match Client::connect(&server.ws, &bare, Json).await {
+            Err(ClientError::Closed { code: Some(4001), .. }) => {}
+            other => panic!("expected 4001, got {:?}", other.map(|_| "a session")),
+        }
+    }
+}

@@ -53,6 +53,7 @@ async fn node() -> Node {
         auth,
         shutdown_deadline: Duration::from_secs(5),
         audit: std::sync::Arc::new(audit::AuditLog::off()),
+        tls: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();

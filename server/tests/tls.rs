@@ -159,6 +159,23 @@ async fn a_rotated_certificate_is_noticed_without_a_signal() {
     assert!(matches!(alice.request(|req| ClientFrame::Ping { req }).await.unwrap(), ServerFrame::Pong { .. }));
 }
 
+/// A cluster edge (NATS, routers on the CQL database) serves `wss://` the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_edge_serves_wss() {
+    if testkit::cql_node().is_none() {
+        return;
+    }
+    let ca = TestCa::new("messenger test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.server("edge").write(dir.path(), "server");
+    let args = ["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let server = TestServer::start_cluster(&args).with_tls(ca.client_config(None));
+    // Alice and Bob land on different edges: the event crosses NATS between two TLS edges.
+    chat(&server, "cluster").await;
+    let plain = Client::open(&server.ws, Some(&server.token("mallory")), TokenIn::Query, Json).await;
+    assert!(plain.is_err(), "a ws:// client got through to a TLS edge");
+}
+
 #[test]
 fn tls_misconfiguration_exits_64() {
     let ca = TestCa::new("messenger test CA");

@@ -5,7 +5,9 @@
 # binary on free ports and talk to it over real WebSockets, cluster tests with real NATS
 # servers, and the protocol suite once more against a cluster.
 #
-# MESSENGER_TEST_CQL=host:port uses an already running CQL database instead of starting one.
+# MESSENGER_TEST_CQL=host:port uses an already running CQL database instead of starting one
+# (with MESSENGER_TEST_CQL_TLS=DIR naming its ca.pem, client.pem and client-key.pem, or the
+# client-certificate test cannot run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +42,8 @@ if [[ -z "${MESSENGER_TEST_CQL:-}" ]]; then
     fi
     scripts/cassandra/cassandra.sh start --port "$CQL_PORT"
     export MESSENGER_TEST_CQL="127.0.0.1:$CQL_PORT"
+    # Its TLS files (a test CA, a client certificate), for the client-certificate tests.
+    export MESSENGER_TEST_CQL_TLS="${MESSENGER_TEST_CQL_TLS:-$(scripts/cassandra/cassandra.sh tls-dir --port "$CQL_PORT")}"
 fi
 
 cargo test --workspace --all-targets --locked

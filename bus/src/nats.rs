@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::client::RequestErrorKind;
-use async_nats::rustls::pki_types::CertificateDer;
 use async_nats::rustls::pki_types::pem::PemObject;
+use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use async_nats::rustls::{self, ClientConfig, RootCertStore};
 use async_nats::{Client, ConnectOptions, Event, Request, ServerAddr, Subscriber};
 use async_trait::async_trait;
@@ -54,6 +54,10 @@ pub struct NatsConfig {
     pub nkey_seed: Option<String>,
     /// Requires TLS and trusts this CA (PEM) for the server's certificate.
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate chain and its private key (PEM files, both or neither), for a
+    /// server that verifies clients (`verify: true`). Needs `tls_ca`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub subscription_capacity: usize,
     pub client_capacity: usize,
     pub connect_timeout: Duration,
@@ -68,6 +72,8 @@ impl Default for NatsConfig {
             password: None,
             nkey_seed: None,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
             client_capacity: DEFAULT_CLIENT_CAPACITY,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -86,6 +92,8 @@ impl std::fmt::Debug for NatsConfig {
             .field("password", &redact(&self.password))
             .field("nkey_seed", &redact(&self.nkey_seed))
             .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("client_capacity", &self.client_capacity)
             .field("connect_timeout", &self.connect_timeout)
@@ -126,8 +134,17 @@ impl NatsBus {
         if let Some(seed) = config.nkey_seed {
             options = options.nkey(seed);
         }
-        if let Some(ca) = &config.tls_ca {
-            options = options.require_tls(true).tls_client_config(tls_config(ca)?);
+        let identity = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(BusError::Unavailable("a NATS client certificate needs its key, and the reverse".into())),
+        };
+        match (&config.tls_ca, identity) {
+            (Some(ca), identity) => options = options.require_tls(true).tls_client_config(tls_config(ca, identity)?),
+            (None, Some(_)) => {
+                return Err(BusError::Unavailable("a NATS client certificate needs the CA of the servers".into()));
+            }
+            (None, None) => {}
         }
         let client = options
             .connect(servers)
@@ -173,23 +190,32 @@ impl NatsBus {
 }
 
 /// Built here because async-nats would build it with rustls' process-wide default crypto
-/// provider, which does not exist when a binary links two (the ScyllaDB driver brings
-/// aws-lc-rs): rustls would panic.
-fn tls_config(ca: &Path) -> Result<ClientConfig, BusError> {
-    let bad_ca = |e: &dyn std::fmt::Display| BusError::Unavailable(format!("NATS CA file {ca:?}: {e}"));
+/// provider; ring, explicitly, is the one provider of every TLS config of the binary.
+/// `identity` (certificate chain and key files) is presented to servers that verify clients.
+fn tls_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientConfig, BusError> {
+    let bad = |path: &Path, e: &dyn std::fmt::Display| BusError::Unavailable(format!("NATS TLS file {path:?}: {e}"));
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad_ca(&e))? {
-        roots.add(cert.map_err(|e| bad_ca(&e))?).map_err(|e| bad_ca(&e))?;
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(ca, &e))? {
+        roots.add(cert.map_err(|e| bad(ca, &e))?).map_err(|e| bad(ca, &e))?;
     }
     if roots.is_empty() {
-        return Err(bad_ca(&"no certificate"));
+        return Err(bad(ca, &"no certificate"));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(unavailable)?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    let Some((cert, key)) = identity else { return Ok(builder.with_no_client_auth()) };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(cert, &e))?;
+    if chain.is_empty() {
+        return Err(bad(cert, &"no certificate"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+    builder.with_client_auth_cert(chain, key_der).map_err(|e| bad(cert, &e))
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BusError {

@@ -1,5 +1,5 @@
 //! NATS-only behaviour of the NATS bus against a real nats-server: surviving a server
-//! restart, and TLS with a private CA. What every bus must do, the local one included, is in
+//! restart, TLS with a private CA, and client certificates (mutual TLS). What every bus must do, the local one included, is in
 //! `conformance.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bus::{Bus, BusError, BusMessage, NatsBus, NatsConfig};
 use bytes::Bytes;
-use testkit::{NatsServer, poll_until};
+use testkit::{NatsServer, TestCa, poll_until};
 use tokio::sync::mpsc;
 
 async fn connect(server: &NatsServer, name: &str) -> NatsBus {
@@ -66,64 +66,66 @@ async fn survives_a_server_restart_without_resubscribing() {
     assert_eq!(&recv(&mut rx, WAIT).await.unwrap().payload[..], b"x");
 }
 
-/// A CA and a certificate for 127.0.0.1 that it signed, valid 2000-2100, made for this test
-/// only (openssl, P-256).
-const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBXzCCAQWgAwIBAgIBATAKBggqhkjOPQQDAjAWMRQwEgYDVQQDDAtidXMgdGVz
-dCBDQTAgFw0wMDAxMDEwMDAwMDBaGA8yMTAwMDEwMTAwMDAwMFowFjEUMBIGA1UE
-AwwLYnVzIHRlc3QgQ0EwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQ2cPdQIP8y
-bHLMhhdMwdgXNtTQtOKrXaW4lfQ7CZHKZB1228YgcgXEzMRfOJfzuXbeCMa2Wxhf
-ev8yJ3swzB3Ao0IwQDAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjAd
-BgNVHQ4EFgQUYqDlFaFmha2s7vUMX3hNBPTILMUwCgYIKoZIzj0EAwIDSAAwRQIh
-AIuv1VJjDezIHhPYABO2bINTFbrpCB3VPkgr8cz5MjwFAiAj8wTLIqtwIFiZp5kI
-Miu3kIVIEMw2rgF5MsyFIpKrcw==
------END CERTIFICATE-----
-";
-const TEST_SERVER_CERT: &str = "-----BEGIN CERTIFICATE-----
-MIIBpDCCAUmgAwIBAgIBAjAKBggqhkjOPQQDAjAWMRQwEgYDVQQDDAtidXMgdGVz
-dCBDQTAgFw0wMDAxMDEwMDAwMDBaGA8yMTAwMDEwMTAwMDAwMFowFDESMBAGA1UE
-AwwJMTI3LjAuMC4xMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEI+6Y2CLXVQ9O
-0E6uV5BB5d1LgOuxCDGmmMpWbcymhCkpnxGJjk0XnuDj0Q5lA4NocJpM+j7BJK9Z
-N1AhuqAOf6OBhzCBhDAPBgNVHREECDAGhwR/AAABMAwGA1UdEwEB/wQCMAAwDgYD
-VR0PAQH/BAQDAgeAMBMGA1UdJQQMMAoGCCsGAQUFBwMBMB0GA1UdDgQWBBS7pGBB
-0lCmeJnn0XZfGHcasDC8azAfBgNVHSMEGDAWgBRioOUVoWaFrazu9QxfeE0E9Mgs
-xTAKBggqhkjOPQQDAgNJADBGAiEAuYL+mXEaMZZRnh2dbBEjFA9mRmya1OsdyFVO
-xfUZxxYCIQCKKnTUDlWi77Z5GFE3BXE0fcpwg1+tv7sFkrVvMKW3CQ==
------END CERTIFICATE-----
-";
-const TEST_SERVER_KEY: &str = "-----BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg+CmUP5aGsLdmMQMI
-EdIBIDaA+mngjbIMk1IqPJo0T6ihRANCAAQj7pjYItdVD07QTq5XkEHl3UuA67EI
-MaaYylZtzKaEKSmfEYmOTRee4OPRDmUDg2hwmkz6PsEkr1k3UCG6oA5/
------END PRIVATE KEY-----
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca() {
-    let Some(server) = NatsServer::builder().tls(TEST_SERVER_CERT, TEST_SERVER_KEY).start() else { return };
+    let ca = TestCa::new("bus test CA");
+    let cert = ca.server("nats");
+    let Some(server) = NatsServer::builder().tls(&cert.cert_pem, &cert.key_pem).start() else { return };
     // The client's files live beside the server's, and go with it.
-    let file = |name: &str, content: &str| {
-        let path = server.dir().join(name);
-        std::fs::write(&path, content).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let ca = file("ca.pem", TEST_CA);
-    let config = |ca: &str| NatsConfig {
+    let ca_file = ca.write(server.dir(), "ca.pem");
+    let config = |ca: PathBuf| NatsConfig {
         servers: vec![server.url()],
-        tls_ca: Some(PathBuf::from(ca)),
+        tls_ca: Some(ca),
         connect_timeout: Duration::from_secs(2),
         ..NatsConfig::default()
     };
-    let bus = NatsBus::connect(config(&ca)).await.unwrap();
+    let bus = NatsBus::connect(config(ca_file)).await.unwrap();
     let (tx, mut rx) = mpsc::channel(8);
     let _s = bus.subscribe("s", None, tx).await.unwrap();
     bus.publish("s", Bytes::from_static(b"secret")).await.unwrap();
     assert_eq!(&recv(&mut rx, WAIT).await.unwrap().payload[..], b"secret");
 
     // A server certificate the CA did not sign is refused.
-    let other = file("other.pem", TEST_SERVER_CERT);
-    let res = NatsBus::connect(config(&other)).await;
+    let other = TestCa::new("another CA").write(server.dir(), "other.pem");
+    let res = NatsBus::connect(config(other)).await;
     assert!(matches!(res, Err(BusError::Unavailable(_))), "{res:?}");
-    let res = NatsBus::connect(config(&server.dir().join("missing.pem").to_string_lossy())).await;
+    let res = NatsBus::connect(config(server.dir().join("missing.pem"))).await;
+    assert!(matches!(res, Err(BusError::Unavailable(_))), "{res:?}");
+}
+
+/// A server that verifies clients (`verify: true`) lets in the bus with a client certificate
+/// its CA signed, and nobody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate() {
+    let ca = TestCa::new("bus test CA");
+    let cert = ca.server("nats");
+    let Some(server) = NatsServer::builder().tls(&cert.cert_pem, &cert.key_pem).verify_clients(&ca.cert_pem).start()
+    else {
+        return;
+    };
+    let ca_file = ca.write(server.dir(), "ca.pem");
+    let config = |identity: Option<(PathBuf, PathBuf)>| NatsConfig {
+        servers: vec![server.url()],
+        tls_ca: Some(ca_file.clone()),
+        tls_cert: identity.as_ref().map(|i| i.0.clone()),
+        tls_key: identity.map(|i| i.1),
+        connect_timeout: Duration::from_secs(2),
+        ..NatsConfig::default()
+    };
+    let edge = ca.client("edge-1").write(server.dir(), "edge");
+    let bus = NatsBus::connect(config(Some(edge.clone()))).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(8);
+    let _s = bus.subscribe("s", None, tx).await.unwrap();
+    bus.publish("s", Bytes::from_static(b"authenticated")).await.unwrap();
+    assert_eq!(&recv(&mut rx, WAIT).await.unwrap().payload[..], b"authenticated");
+
+    // Without a certificate, or with one from another CA: refused.
+    let res = NatsBus::connect(config(None)).await;
+    assert!(matches!(res, Err(BusError::Unavailable(_))), "no client certificate: {res:?}");
+    let stranger = TestCa::new("another CA").client("edge-x").write(server.dir(), "stranger");
+    let res = NatsBus::connect(config(Some(stranger))).await;
+    assert!(matches!(res, Err(BusError::Unavailable(_))), "foreign client certificate: {res:?}");
+    // A certificate without its key is a configuration error, not a silent plain connection.
+    let res = NatsBus::connect(NatsConfig { tls_key: None, ..config(Some(edge)) }).await;
     assert!(matches!(res, Err(BusError::Unavailable(_))), "{res:?}");
 }

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -14,12 +15,13 @@ use protocol::codec::{SUBPROTOCOL_BINCODE, SUBPROTOCOL_JSON, decode_server, enco
 use protocol::frame::ResumeCursor;
 use protocol::{ChatId, ChatKind, ClientFrame, Encoding, ServerFrame};
 use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub use tokio_tungstenite::tungstenite;
 
@@ -51,7 +53,32 @@ pub enum TokenIn {
     Frame,
 }
 
-type Stream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The bytes under a client's WebSocket: TCP, or TLS over TCP (`wss://`).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
+
+type Stream = WebSocketStream<Box<dyn Transport>>;
+
+/// The URL of a WebSocket to `addr` (host:port) with the token in the query or not.
+fn url(scheme: &str, addr: &str, token: Option<&str>, how: TokenIn) -> String {
+    match (token, how) {
+        (Some(t), TokenIn::Query) => format!("{scheme}://{addr}/?token={t}"),
+        _ => format!("{scheme}://{addr}/"),
+    }
+}
+
+/// Connects TCP to `addr` and, with `tls`, runs the TLS handshake, naming the server by the
+/// host part of `addr` (an IP address or a DNS name).
+async fn transport(addr: &str, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Box<dyn Transport>, ClientError> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| ClientError::Ws(e.into()))?;
+    let Some(config) = tls else { return Ok(Box::new(tcp)) };
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| ClientError::Decode(format!("server name {host:?}: {e}")))?;
+    let tls =
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| ClientError::Ws(e.into()))?;
+    Ok(Box::new(tls))
+}
 
 /// A connected client.
 pub struct Client {
@@ -72,10 +99,29 @@ impl Client {
         how: TokenIn,
         encoding: Encoding,
     ) -> Result<Client, ClientError> {
-        let url = match (token, how) {
-            (Some(t), TokenIn::Query) => format!("ws://{addr}/?token={t}"),
-            _ => format!("ws://{addr}/"),
-        };
+        let stream = transport(addr, None).await?;
+        Self::upgrade(stream, url("ws", addr, token, how), token, how, encoding).await
+    }
+
+    /// Like [`Client::open`] over TLS (`wss://`), trusting what `tls` trusts.
+    pub async fn open_tls(
+        addr: &str,
+        token: Option<&str>,
+        how: TokenIn,
+        encoding: Encoding,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        let stream = transport(addr, Some(tls)).await?;
+        Self::upgrade(stream, url("wss", addr, token, how), token, how, encoding).await
+    }
+
+    async fn upgrade(
+        stream: Box<dyn Transport>,
+        url: String,
+        token: Option<&str>,
+        how: TokenIn,
+        encoding: Encoding,
+    ) -> Result<Client, ClientError> {
         let mut request = url.into_client_request()?;
         let proto = match encoding {
             Encoding::Json => SUBPROTOCOL_JSON,
@@ -87,7 +133,7 @@ impl Client {
                 HeaderValue::from_str(&format!("Bearer {t}")).map_err(|e| ClientError::Decode(e.to_string()))?;
             request.headers_mut().insert("authorization", value);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request).await?;
+        let (ws, _) = tokio_tungstenite::client_async(request, stream).await?;
         let mut client = Client { ws, encoding, next_req: 1, stash: VecDeque::new(), closed: None };
         if let (Some(t), TokenIn::Frame) = (token, how) {
             client.send(&ClientFrame::Auth { token: t.to_owned() }).await?;
@@ -123,7 +169,8 @@ impl Client {
         };
         request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static(proto));
         let (ws, _) =
-            tokio_tungstenite::client_async_with_config(request, MaybeTlsStream::Plain(stream), config).await?;
+            tokio_tungstenite::client_async_with_config(request, Box::new(stream) as Box<dyn Transport>, config)
+                .await?;
         Ok(Client { ws, encoding, next_req: 1, stash: VecDeque::new(), closed: None })
     }
 
@@ -141,13 +188,29 @@ impl Client {
         encoding: Encoding,
         cursors: Vec<ResumeCursor>,
     ) -> Result<(Client, Vec<ServerFrame>), ClientError> {
-        let mut c = Client::open(addr, Some(token), TokenIn::Query, encoding).await?;
-        match c.recv().await? {
+        let c = Client::open(addr, Some(token), TokenIn::Query, encoding).await?;
+        c.started(cursors).await
+    }
+
+    /// Like [`Client::connect`] over TLS (`wss://`), trusting what `tls` trusts.
+    pub async fn connect_tls(
+        addr: &str,
+        token: &str,
+        encoding: Encoding,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Client, ClientError> {
+        let c = Client::open_tls(addr, Some(token), TokenIn::Query, encoding, tls).await?;
+        c.started(Vec::new()).await.map(|(c, _)| c)
+    }
+
+    /// Waits for `hello` and resumes `cursors`.
+    async fn started(mut self, cursors: Vec<ResumeCursor>) -> Result<(Client, Vec<ServerFrame>), ClientError> {
+        match self.recv().await? {
             ServerFrame::Hello { .. } => {}
             other => return Err(ClientError::Unexpected(Box::new(other))),
         }
-        let frames = c.resume(cursors).await?;
-        Ok((c, frames))
+        let frames = self.resume(cursors).await?;
+        Ok((self, frames))
     }
 
     /// Sends `resume` and collects frames until its closing `ok` (after a `resumed` or an

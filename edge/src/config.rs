@@ -23,7 +23,8 @@ pub struct EdgeConfig {
     /// Bytes of outgoing frames queued per connection before it is closed as a slow consumer
     /// (4009). Typing and presence are dropped first, once the queue is half full.
     pub outbound_queue_bytes: usize,
-    /// Time from TCP accept to a valid token (upgrade header/query, or `auth` frame).
+    /// Time from TCP accept to a valid token (upgrade header/query, or `auth` frame): the TLS
+    /// handshake, when the listener has TLS, and the upgrade run within it.
     pub auth_timeout: Duration,
     /// Close (4010) when nothing arrives from the client for this long.
     pub idle_timeout: Duration,

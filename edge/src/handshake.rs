@@ -1,5 +1,7 @@
-//! A connection's first moments: the WebSocket upgrade (subprotocol, token in the request)
-//! and authentication (from the upgrade, or the first frame), within one deadline.
+//! A connection's first moments: the TLS handshake (when the listener has TLS), the
+//! WebSocket upgrade (subprotocol, token in the request) and authentication (from the
+//! upgrade, or the first frame), all within one deadline and in the connection's own task,
+//! so a slow client holds only itself up, never the accept loop.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,9 +20,10 @@ use crate::Services;
 use crate::admission::{client_ip, origin_allowed};
 use crate::auth::Verified;
 use crate::connection::encode;
+use crate::tls::ClientStream;
 use audit::Event;
 
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<ClientStream>;
 
 /// What the upgrade request carried.
 #[derive(Default)]
@@ -83,6 +86,24 @@ pub(crate) async fn upgrade(
     shared: &Arc<Services>,
     deadline: tokio::time::Instant,
 ) -> Option<(Ws, Upgrade)> {
+    let stream = match &shared.tls {
+        None => ClientStream::Plain(stream),
+        Some(tls) => match tokio::time::timeout_at(deadline, tls.acceptor().accept(stream)).await {
+            Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+            Ok(Err(err)) => {
+                // A plain-text client on the TLS port, an unknown CA, a protocol version too old.
+                metrics::counter!("edge_tls_handshake_failures_total").increment(1);
+                metrics::counter!("edge_handshake_failures_total").increment(1);
+                tracing::debug!(error = %err, %peer, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                metrics::counter!("edge_tls_handshake_failures_total").increment(1);
+                metrics::counter!("edge_handshake_failures_total").increment(1);
+                return None;
+            }
+        },
+    };
     let mut upgrade = Upgrade::default();
     // The error type is tungstenite's; its size is not ours to choose.
     #[allow(clippy::result_large_err)]

@@ -12,7 +12,9 @@
 //! - [`order`]: per-chat gap-free ordering decisions (pure).
 //! - [`outbox`]: per-connection outbound queue, bounded in bytes.
 //! - [`hub`]: the local subscription index and encode-once fan-out.
-//! - `handshake`: the upgrade and authentication of a new connection.
+//! - [`tls`]: TLS on the listener (`wss://`), its certificate reloaded when the files change.
+//! - `handshake`: the TLS handshake, upgrade and authentication of a new connection, under
+//!   one deadline.
 //! - `session`: a connection's state machine (what each frame does, what is written, what
 //!   waits for the resume), pure.
 //! - `connection`: one client's task, the socket glue around its session.
@@ -35,6 +37,7 @@ pub mod outbox;
 pub mod revocation;
 pub mod rpc;
 mod session;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,6 +81,8 @@ pub(crate) struct Services {
     audit: Arc<audit::AuditLog>,
     /// Revoked tokens; read at every connect and refresh, written per revocation.
     revocations: std::sync::RwLock<protocol::revocation::RevocationList>,
+    /// TLS on the listener; `None` serves plain `ws://`.
+    tls: Option<Arc<tls::ServerTls>>,
 }
 
 impl Services {
@@ -111,7 +116,16 @@ impl Edge {
             std::sync::Mutex::new(admission::Admission::new(config.admission.clone(), std::time::Instant::now()));
         let audit = Arc::new(audit::AuditLog::off());
         Edge {
-            shared: Arc::new(Services { config, auth, router, hub, admission, audit, revocations: Default::default() }),
+            shared: Arc::new(Services {
+                config,
+                auth,
+                router,
+                hub,
+                admission,
+                audit,
+                revocations: Default::default(),
+                tls: None,
+            }),
             runner,
             health: Health::default(),
         }
@@ -122,6 +136,15 @@ impl Edge {
     pub fn with_audit(mut self, audit: Arc<audit::AuditLog>) -> Self {
         if let Some(services) = Arc::get_mut(&mut self.shared) {
             services.audit = audit;
+        }
+        self
+    }
+
+    /// Serves `wss://` only: every connection's TLS handshake runs in its own task, within
+    /// the connection's handshake deadline ([`EdgeConfig::auth_timeout`]).
+    pub fn with_tls(mut self, tls: Arc<tls::ServerTls>) -> Self {
+        if let Some(services) = Arc::get_mut(&mut self.shared) {
+            services.tls = Some(tls);
         }
         self
     }

@@ -55,6 +55,7 @@ async fn node() -> Node {
         audit: std::sync::Arc::new(audit::AuditLog::off()),
         admin_token: None,
         revocation_retention: router::Revoker::DEFAULT_RETENTION,
+        tls: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -80,6 +80,10 @@ pub struct CqlConfig {
     pub password: Option<String>,
     /// A PEM file of CA certificates: when set, connections use TLS and verify the nodes.
     pub tls_ca: Option<PathBuf>,
+    /// A client certificate chain and its private key (PEM files, both or neither), presented
+    /// to nodes that authenticate clients by certificate. Needs `tls_ca`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// Events per `events` partition when the keyspace is created (see [`EVENTS_PER_BUCKET`]).
     pub events_per_bucket: u64,
@@ -97,6 +101,8 @@ impl CqlConfig {
             username: None,
             password: None,
             tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
             connect_timeout: Duration::from_secs(10),
             events_per_bucket: EVENTS_PER_BUCKET,
         }
@@ -200,8 +206,17 @@ impl CqlStore {
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             builder = builder.user(user, password);
         }
-        if let Some(ca) = &config.tls_ca {
-            builder = builder.tls_context(Some(tls_config(ca)?));
+        let identity = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(StoreError::Unavailable("a TLS client certificate needs its key, and the reverse".into())),
+        };
+        match (&config.tls_ca, identity) {
+            (Some(ca), identity) => builder = builder.tls_context(Some(tls_config(ca, identity)?)),
+            (None, Some(_)) => {
+                return Err(StoreError::Unavailable("a TLS client certificate needs the CA of the nodes".into()));
+            }
+            (None, None) => {}
         }
         let session = builder.build().await.map_err(unavailable)?;
         let ks = &config.keyspace;

@@ -8,6 +8,7 @@
 #   scripts/cassandra/cassandra.sh status  [--port 9042] [--dir DIR]   # exit 0 = up, 3 = down
 #   scripts/cassandra/cassandra.sh clean   [--port 9042] [--dir DIR]   # stop + delete DIR
 #   scripts/cassandra/cassandra.sh fetch                               # only download the jars
+#   scripts/cassandra/cassandra.sh tls-dir [--port 9042] [--dir DIR]   # print the TLS files' directory
 #
 # Why Maven: the only things reachable from our machines (and CI) are package registries,
 # so the Cassandra binary tarball cannot be downloaded. cassandra-all plus its runtime
@@ -24,6 +25,12 @@
 #   CASSANDRA_JVM_OPTS    extra JVM options, word-split (e.g. "-Dcassandra.skip_sync=true")
 #   MAVEN_REPO_LOCAL      Maven local repository to use instead of ~/.m2/repository
 #   JAVA_HOME / JAVA      which java to run (Cassandra 5.0 runs on Java 11 or 17)
+#
+# TLS: the native port takes plain and TLS connections alike (client_encryption_options
+# with optional: true), and a TLS client must present a certificate that the node's test CA
+# signed (require_client_auth). On first start the script makes that CA with openssl, in
+# DIR/tls: ca.pem, node.pem (the node's key and certificate for 127.0.0.1), client.pem and
+# client-key.pem (a client certificate for tests). Throw-away, like everything in DIR.
 #
 # Ports, for native port P: storage (gossip/internode) = P+10000, legacy SSL storage = P+20000,
 # so instances on different native ports never collide (P must be <= 45535).
@@ -198,8 +205,38 @@ port_in_use() {
 # configuration files
 # ---------------------------------------------------------------------------------------
 
+# A test CA, the node's certificate (for 127.0.0.1) and a client certificate, P-256, made
+# once per DIR. Keys are PKCS#8 PEM, which both Cassandra's PEM keystore and rustls read.
+write_tls() {
+    local d=$DIR/tls
+    [[ -f $d/.complete ]] && return 0
+    command -v openssl >/dev/null || die "openssl not found (apt-get install openssl)"
+    rm -rf "$d"
+    mkdir -p "$d"
+    (
+        cd "$d"
+        umask 077
+        local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+        openssl req -x509 "${ec[@]}" -keyout ca-key.pem -out ca.pem -days 3650 -subj "/CN=messenger test CA" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+        sign() { # name subject extended-key-usage
+            openssl req "${ec[@]}" -keyout "$1-key.pem" -out "$1.csr" -subj "/CN=$2" 2>/dev/null
+            printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' "$3" >"$1.ext"
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 3650 \
+                -extfile "$1.ext" -out "$1.pem" 2>/dev/null
+            rm -f "$1.csr" "$1.ext"
+        }
+        sign node 127.0.0.1 serverAuth
+        sign client messenger-test-client clientAuth
+        # Cassandra's PEM keystore: the private key, then the certificate chain.
+        cat node-key.pem node.pem >node-keystore.pem
+        touch .complete
+    ) || die "making the test TLS files in $d failed"
+}
+
 write_config() {
     mkdir -p "$DIR"/{data,commitlog,saved_caches,hints,cdc_raw,triggers}
+    write_tls
     # Only what a single local test node needs; every other key keeps Cassandra 5.0's
     # built-in default (org.apache.cassandra.config.Config). Unknown keys are fatal in 5.0.
     cat >"$DIR/cassandra.yaml" <<EOF
@@ -249,6 +286,16 @@ memtable_offheap_space: 64MiB
 
 # Tests drop and truncate tables all the time; a snapshot each time only costs disk/time.
 auto_snapshot: false
+
+# Plain and TLS clients on the same port; a TLS client needs a certificate from the test CA.
+client_encryption_options:
+  enabled: true
+  optional: true
+  require_client_auth: "true"
+  ssl_context_factory:
+    class_name: org.apache.cassandra.security.PEMBasedSslContextFactory
+  keystore: $DIR/tls/node-keystore.pem
+  truststore: $DIR/tls/ca.pem
 EOF
 
     # Cassandra ships no logback.xml inside the jar; without one logback would log
@@ -506,6 +553,7 @@ case $cmd in
     status) cmd_status "$@" ;;
     clean) cmd_clean "$@" ;;
     fetch) ensure_jars; log "jars in $LIB_DIR" ;;
+    tls-dir) parse_args "$@"; echo "$DIR/tls" ;;
     -h|--help|help) usage ;;
     *) usage ;;
 esac

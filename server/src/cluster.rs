@@ -20,6 +20,8 @@ pub struct EdgeNodeConfig {
     pub nats: bus::nats::NatsConfig,
     pub shutdown_deadline: Duration,
     pub audit: Arc<audit::AuditLog>,
+    /// `Some` serves `wss://` only.
+    pub tls: Option<crate::ListenerTls>,
 }
 
 /// Runs an edge until `shutdown`, then drains it.
@@ -31,11 +33,16 @@ pub async fn run_edge(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(bus::nats::NatsBus::connect(config.nats).await.context("connect to NATS")?);
-    let edge = Edge::new(config.edge, config.auth, bus.clone()).with_audit(config.audit);
+    let mut edge = Edge::new(config.edge, config.auth, bus.clone()).with_audit(config.audit);
+    let tls_stop = CancellationToken::new();
+    if let Some(tls) = config.tls {
+        edge = tls.serve_on(edge, tls_stop.clone());
+    }
     let admin_stop = CancellationToken::new();
     // An edge holds no store: its admin port takes no revocations (a router's does).
     let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, None, admin_stop.clone()));
     edge.run(listener, shutdown, config.shutdown_deadline).await;
+    tls_stop.cancel();
     flush(&*bus).await;
     admin_stop.cancel();
     let _ = admin_task.await;

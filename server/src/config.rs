@@ -124,6 +124,8 @@ pub struct ClientFacingArgs {
     #[arg(long, env = "MESSENGER_AUDIT_LOG", default_value = "stdout")]
     pub audit_log: String,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub auth: AuthArgs,
     #[command(flatten)]
     pub edge: EdgeArgs,
@@ -168,6 +170,13 @@ pub struct NatsArgs {
     /// PEM CA file: require TLS to NATS and verify the server against it.
     #[arg(long, env = "MESSENGER_NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to NATS (mTLS, `verify: true`); with
+    /// --nats-tls-key and --nats-tls-ca.
+    #[arg(long, env = "MESSENGER_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// PEM private key of --nats-tls-cert.
+    #[arg(long, env = "MESSENGER_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
 }
 
 impl NatsArgs {
@@ -180,6 +189,7 @@ impl NatsArgs {
         if self.nats_user.is_some() != self.nats_password.is_some() {
             return Err("--nats-user and --nats-password go together".into());
         }
+        client_identity("--nats", self.nats_tls_ca.is_some(), &self.nats_tls_cert, &self.nats_tls_key)?;
         Ok(bus::nats::NatsConfig {
             servers,
             name: name.to_owned(),
@@ -187,6 +197,8 @@ impl NatsArgs {
             password: self.nats_password.clone(),
             nkey_seed: self.nats_nkey_seed.clone(),
             tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
             ..bus::nats::NatsConfig::default()
         })
     }
@@ -242,6 +254,13 @@ pub struct CqlArgs {
     /// PEM file of CA certificates: connect with TLS and verify the nodes against it.
     #[arg(long, env = "MESSENGER_CQL_TLS_CA")]
     pub cql_tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to the nodes (`require_client_auth`); with
+    /// --cql-tls-key and --cql-tls-ca.
+    #[arg(long, env = "MESSENGER_CQL_TLS_CERT")]
+    pub cql_tls_cert: Option<PathBuf>,
+    /// PEM private key of --cql-tls-cert.
+    #[arg(long, env = "MESSENGER_CQL_TLS_KEY")]
+    pub cql_tls_key: Option<PathBuf>,
 }
 
 impl CqlArgs {
@@ -263,8 +282,54 @@ impl CqlArgs {
         }
         config.username = self.cql_username.clone();
         config.password = self.cql_password.clone();
+        client_identity("--cql", self.cql_tls_ca.is_some(), &self.cql_tls_cert, &self.cql_tls_key)?;
         config.tls_ca = self.cql_tls_ca.clone();
+        config.tls_cert = self.cql_tls_cert.clone();
+        config.tls_key = self.cql_tls_key.clone();
         Ok(config)
+    }
+}
+
+/// Checks a link's client certificate flags (`{prefix}-tls-cert`, `-tls-key`, `-tls-ca`):
+/// certificate and key go together, and need the CA that verifies the server.
+fn client_identity(prefix: &str, ca: bool, cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Result<(), String> {
+    if cert.is_some() != key.is_some() {
+        return Err(format!("{prefix}-tls-cert and {prefix}-tls-key go together"));
+    }
+    if cert.is_some() && !ca {
+        return Err(format!("{prefix}-tls-cert needs {prefix}-tls-ca (the CA that signed the server's certificate)"));
+    }
+    Ok(())
+}
+
+/// The WebSocket listener's TLS: certificate chain and key files, reloaded when they change.
+#[derive(Debug, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain (leaf first) of the WebSocket listener: with --tls-key, clients
+    /// connect with `wss://` only. Reloaded when the file changes and on SIGHUP.
+    #[arg(long, env = "MESSENGER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "MESSENGER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate and key files are read to see whether they changed.
+    #[arg(long, env = "MESSENGER_TLS_RELOAD_INTERVAL", default_value_t = Span(edge::tls::DEFAULT_RELOAD_INTERVAL))]
+    pub tls_reload_interval: Span,
+}
+
+impl TlsArgs {
+    /// The files, when TLS is on; both or neither.
+    pub fn files(&self) -> Result<Option<edge::tls::TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                if self.tls_reload_interval.0 < Duration::from_secs(1) {
+                    return Err("--tls-reload-interval must be at least 1s".into());
+                }
+                Ok(Some(edge::tls::TlsFiles { cert: cert.clone(), key: key.clone() }))
+            }
+            (None, None) => Ok(None),
+            _ => Err("--tls-cert and --tls-key go together".into()),
+        }
     }
 }
 
@@ -571,5 +636,24 @@ mod tests {
         let cli = Cli::try_parse_from(["messenger", "standalone", "--max-frame-bytes", "999999"]).unwrap();
         let Command::Standalone(args) = cli.command else { panic!() };
         assert!(args.node.edge.to_config().is_err());
+    }
+
+    #[test]
+    fn tls_files_go_together() {
+        let parse = |extra: &[&str]| {
+            let cli = Cli::try_parse_from(["messenger", "standalone"].iter().chain(extra)).unwrap();
+            let Command::Standalone(args) = cli.command else { panic!() };
+            args
+        };
+        assert!(parse(&[]).node.tls.files().unwrap().is_none());
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).node.tls.files().unwrap().is_some());
+        assert!(parse(&["--tls-cert", "c.pem"]).node.tls.files().is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).node.tls.files().is_err());
+        let args = parse(&["--cql-tls-cert", "c.pem", "--cql-tls-key", "k.pem"]);
+        assert!(args.cql.to_config().unwrap_err().contains("--cql-tls-ca"));
+        let args = parse(&["--cql-tls-cert", "c.pem", "--cql-tls-ca", "ca.pem"]);
+        assert!(args.cql.to_config().unwrap_err().contains("--cql-tls-key"));
+        let args = parse(&["--cql-tls-cert", "c.pem", "--cql-tls-key", "k.pem", "--cql-tls-ca", "ca.pem"]);
+        assert!(args.cql.to_config().is_ok());
     }
 }

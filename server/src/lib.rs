@@ -12,6 +12,7 @@
 //! - [`keys`]: the token key set (JWKS file), reloaded while the node runs.
 //! - [`token`]: development tokens and the development secret.
 //! - [`telemetry`]: tracing and the Prometheus recorder.
+//! - this file: [`ListenerTls`], the client listener's TLS as both kinds of edge take it.
 #![forbid(unsafe_code)]
 
 pub mod cluster;
@@ -21,3 +22,23 @@ pub mod keys;
 pub mod standalone;
 pub mod telemetry;
 pub mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// TLS on the client listener: the certificate (loaded, reloadable) and how often its files
+/// are read for a rotation.
+pub struct ListenerTls {
+    pub tls: Arc<edge::tls::ServerTls>,
+    pub reload_interval: Duration,
+}
+
+impl ListenerTls {
+    /// Gives `edge` the TLS and starts watching the files (and SIGHUP) until `stop`.
+    pub fn serve_on(self, edge: edge::Edge, stop: CancellationToken) -> edge::Edge {
+        tokio::spawn(self.tls.clone().watch(self.reload_interval, stop));
+        edge.with_tls(self.tls)
+    }
+}

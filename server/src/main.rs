@@ -13,7 +13,7 @@ use router::RouterConfig;
 use server::cluster::{self, EdgeNodeConfig, RouterNodeConfig};
 use server::config::{AuthArgs, Cli, Command, EXIT_CONFIG, StandaloneArgs};
 use server::standalone::{self, StandaloneConfig};
-use server::{control, keys, telemetry, token};
+use server::{ListenerTls, control, keys, telemetry, token};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -53,13 +53,14 @@ fn main() -> ExitCode {
             let (listen, admin, data_dir) = (args.node.listen, args.node.admin_listen, args.node.data_dir.clone());
             let backlog = args.node.listen_backlog;
             let key_set = key_set_watch(&args.node.auth, &config.auth);
+            let scheme = if config.tls.is_some() { "wss" } else { "ws" };
             serve(&cli.log, compact, move |render, shutdown| async move {
                 key_set(&shutdown);
                 let listener = bind_clients(listen, backlog)?;
                 let admin = bind(admin).await?;
-                announce(&listener, &admin)?;
+                announce(&listener, &admin, scheme)?;
                 println!(
-                    "connect: ws://{}/?token=$(messenger token --user alice --data-dir {})",
+                    "connect: {scheme}://{}/?token=$(messenger token --user alice --data-dir {})",
                     listener.local_addr()?,
                     data_dir.display()
                 );
@@ -73,11 +74,12 @@ fn main() -> ExitCode {
             };
             let (listen, admin, backlog) = (args.node.listen, args.node.admin_listen, args.node.listen_backlog);
             let key_set = key_set_watch(&args.node.auth, &config.auth);
+            let scheme = if config.tls.is_some() { "wss" } else { "ws" };
             serve(&cli.log, compact, move |render, shutdown| async move {
                 key_set(&shutdown);
                 let listener = bind_clients(listen, backlog)?;
                 let admin = bind(admin).await?;
-                announce(&listener, &admin)?;
+                announce(&listener, &admin, scheme)?;
                 cluster::run_edge(config, listener, admin, render, shutdown).await
             })
         }
@@ -127,10 +129,18 @@ fn bind_clients(addr: SocketAddr, backlog: u32) -> anyhow::Result<TcpListener> {
     socket.listen(backlog).with_context(|| format!("listen on {addr}"))
 }
 
-/// Fixtures and humans read this line; keep its shape.
-fn announce(ws: &TcpListener, admin: &TcpListener) -> anyhow::Result<()> {
-    println!("listening ws={} admin={}", ws.local_addr()?, admin.local_addr()?);
+/// Fixtures and humans read this line; keep its shape (`tls=on` is added with TLS).
+fn announce(ws: &TcpListener, admin: &TcpListener, scheme: &str) -> anyhow::Result<()> {
+    let tls = if scheme == "wss" { " tls=on" } else { "" };
+    println!("listening ws={} admin={}{tls}", ws.local_addr()?, admin.local_addr()?);
     Ok(())
+}
+
+/// The listener's TLS, loaded now so that a bad certificate stops the node at start (64).
+fn listener_tls(args: &server::config::TlsArgs) -> anyhow::Result<Option<ListenerTls>> {
+    let Some(files) = args.files().map_err(anyhow::Error::msg)? else { return Ok(None) };
+    let tls = edge::tls::ServerTls::load(files).context("--tls-cert/--tls-key")?;
+    Ok(Some(ListenerTls { tls: Arc::new(tls), reload_interval: args.tls_reload_interval.0 }))
 }
 
 /// Starts tracing, metrics and the runtime, then runs `node` until a signal.
@@ -288,6 +298,7 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<StandaloneConfig> 
         _ => None,
     };
     Ok(StandaloneConfig {
+        tls: listener_tls(&args.node.tls)?,
         audit: audit_log(&args.node.audit_log, "standalone")?,
         cql,
         data_dir: args.node.data_dir.clone(),
@@ -337,6 +348,7 @@ fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeCo
         );
     }
     Ok(EdgeNodeConfig {
+        tls: listener_tls(&args.node.tls)?,
         audit: audit_log(&args.node.audit_log, &format!("edge-{}", args.node.listen))?,
         edge: args.node.edge.to_config().map_err(anyhow::Error::msg)?,
         auth: authenticator(&args.node.auth, &args.node.data_dir)?,

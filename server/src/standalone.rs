@@ -29,6 +29,8 @@ pub struct StandaloneConfig {
     pub admin_token: Option<Vec<u8>>,
     /// Default lifetime of a revocation entry.
     pub revocation_retention: Duration,
+    /// `Some` serves `wss://` only.
+    pub tls: Option<crate::ListenerTls>,
 }
 
 /// File name of the embedded store inside the data directory.
@@ -61,11 +63,16 @@ pub async fn run(
     let router = router.bind().await.context("router")?;
     let router_task = tokio::spawn(router.run(router_stop.clone()));
 
-    let edge = Edge::new(config.edge, config.auth, bus).with_audit(config.audit);
+    let mut edge = Edge::new(config.edge, config.auth, bus).with_audit(config.audit);
+    let tls_stop = CancellationToken::new();
+    if let Some(tls) = config.tls {
+        edge = tls.serve_on(edge, tls_stop.clone());
+    }
     let admin_stop = CancellationToken::new();
     let admin_task = tokio::spawn(edge::admin::serve(admin, edge.health(), render, operator, admin_stop.clone()));
 
     edge.run(listener, shutdown, config.shutdown_deadline).await;
+    tls_stop.cancel();
     router_stop.cancel();
     router_task.await.context("router task")?.context("router")?;
     store.flush().await.context("flush the store")?;

@@ -32,6 +32,9 @@ pub struct TestServer {
     behind: Vec<TestServer>,
     nats: Option<NatsServer>,
     keyspace: Option<KeyspaceGuard>,
+    /// For a server started with `--tls-cert`/`--tls-key`: the client side, trusting the
+    /// server's CA. [`TestServer::connect`] then connects with `wss://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl TestServer {
@@ -166,7 +169,14 @@ impl TestServer {
             behind: Vec::new(),
             nats: None,
             keyspace: None,
+            tls: None,
         }
+    }
+
+    /// Connects with `wss://` from now on, trusting what `tls` trusts.
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> TestServer {
+        self.tls = Some(tls);
+        self
     }
 
     /// A token for `user`, valid for an hour.
@@ -180,7 +190,12 @@ impl TestServer {
             0 => &self.ws,
             n => &self.edges[self.next_edge.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n],
         };
-        Client::connect(ws, &self.token(user), encoding).await.expect("connect")
+        match &self.tls {
+            None => Client::connect(ws, &self.token(user), encoding).await.expect("connect"),
+            Some(tls) => {
+                Client::connect_tls(ws, &self.token(user), encoding, tls.clone()).await.expect("connect (wss)")
+            }
+        }
     }
 
     pub fn pid(&self) -> u32 {

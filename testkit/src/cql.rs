@@ -19,6 +19,26 @@ pub fn cql_node() -> Option<String> {
     }
 }
 
+/// The environment variable naming the directory of the test database's TLS files (`ca.pem`,
+/// `client.pem`, `client-key.pem`): `scripts/cassandra/cassandra.sh` makes them and serves TLS
+/// with client certificates on the same port; `scripts/test.sh` sets it
+/// (`cassandra.sh tls-dir --port 19042`).
+pub const CQL_TLS_ENV: &str = "MESSENGER_TEST_CQL_TLS";
+
+/// The test database and the directory of its TLS files, or `None` (loudly) outside CI when
+/// either is not configured; in CI that panics.
+pub fn cql_tls() -> Option<(String, std::path::PathBuf)> {
+    let node = cql_node()?;
+    match std::env::var_os(CQL_TLS_ENV) {
+        Some(dir) if std::path::Path::new(&dir).join("ca.pem").is_file() => Some((node, dir.into())),
+        _ => crate::skip(&format!(
+            "no TLS files of the CQL database ({CQL_TLS_ENV} is unset or has no ca.pem; with a database \
+             started by scripts/cassandra/cassandra.sh set {CQL_TLS_ENV}=$(scripts/cassandra/cassandra.sh tls-dir \
+             --port 19042))"
+        )),
+    }
+}
+
 /// A keyspace name no other test (in this or another process) uses: `PREFIX_` and 16 random
 /// hex digits. The prefix (letters, digits, `_`; at most 31 characters) tells which suite
 /// left a keyspace behind.

@@ -9,10 +9,13 @@
 //! - [`wait`]: [`wait_for`] (blocking) and [`poll_until`] (async) poll a condition to a
 //!   deadline; tests use them instead of sleeping until something is ready.
 //! - [`nats`]: [`NatsServer`], a real `nats-server` (Debian's package), optionally with a
-//!   monitoring port or TLS; killed and its temporary directory removed on drop; restartable.
+//!   monitoring port, TLS, client certificates; killed and its temporary directory removed on drop; restartable.
 //! - [`cql`]: [`cql_node`] finds the test CQL database (`MESSENGER_TEST_CQL=host:port`),
+//!   [`cql_tls`] its TLS files (`MESSENGER_TEST_CQL_TLS`),
 //!   [`unique_keyspace`] names a keyspace no other test uses, [`KeyspaceGuard`] drops it.
 //! - [`token`]: [`mint_token`] and friends, HS256 JWTs as the edges accept them.
+//! - [`tls`]: [`TestCa`] makes a private CA and the server and client certificates it signs,
+//!   at test time (no key is committed).
 //!
 //! Skipping: in CI (`CI=true`) a test that needs NATS or the CQL database must run, so a
 //! missing server panics there; elsewhere the fixtures return `None` after saying loudly on
@@ -25,12 +28,14 @@
 pub mod cql;
 pub mod nats;
 pub mod ports;
+pub mod tls;
 pub mod token;
 pub mod wait;
 
-pub use cql::{KeyspaceGuard, cql_node, unique_keyspace};
+pub use cql::{KeyspaceGuard, cql_node, cql_tls, unique_keyspace};
 pub use nats::{NatsBuilder, NatsServer, nats_server_bin};
 pub use ports::free_port;
+pub use tls::{TestCa, TestCert};
 pub use token::{mint_claims, mint_expired_token, mint_token};
 pub use wait::{Ready, poll_until, wait_for};
 

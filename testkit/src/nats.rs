@@ -27,6 +27,7 @@ pub fn nats_server_bin() -> Option<PathBuf> {
 pub struct NatsBuilder {
     monitor: bool,
     tls: Option<(String, String)>,
+    client_ca: Option<String>,
     args: Vec<String>,
 }
 
@@ -40,6 +41,13 @@ impl NatsBuilder {
     /// Serves TLS only, with this certificate and key (PEM); clients are not verified.
     pub fn tls(mut self, cert_pem: &str, key_pem: &str) -> Self {
         self.tls = Some((cert_pem.to_owned(), key_pem.to_owned()));
+        self
+    }
+
+    /// With [`tls`](Self::tls): requires every client to present a certificate that the CA
+    /// `ca_pem` signed (`verify: true`); a client without one is refused.
+    pub fn verify_clients(mut self, ca_pem: &str) -> Self {
+        self.client_ca = Some(ca_pem.to_owned());
         self
     }
 
@@ -75,6 +83,9 @@ impl NatsBuilder {
             };
             args.extend(["--tls".into(), "--tlscert".into(), write("server-cert.pem", cert)]);
             args.extend(["--tlskey".into(), write("server-key.pem", key)]);
+            if let Some(ca) = &self.client_ca {
+                args.extend(["--tlsverify".into(), "--tlscacert".into(), write("client-ca.pem", ca)]);
+            }
         }
         args.extend(self.args);
         let name = format!("testkit-{}-{:08x}", std::process::id(), rand::random::<u32>());

@@ -1,7 +1,11 @@
 //! The CQL store's schema: versioned migrations, the keyspace's recorded bucket size, the
 //! prepared statements, and the TLS settings of the session.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
@@ -70,19 +74,38 @@ pub fn valid_keyspace(ks: &str) -> bool {
     !ks.is_empty() && ks.len() <= 48 && ks.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-pub(super) fn tls_config(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, StoreError> {
-    let pem = std::fs::read(ca).map_err(|e| StoreError::Unavailable(format!("read {ca:?}: {e}")))?;
+/// The session's TLS settings: the nodes verified against the CA file `ca`, and, with
+/// `identity` (certificate chain and key files, PEM), a client certificate for nodes that
+/// require one (`require_client_auth`). Built on ring explicitly, so it never depends on a
+/// process-wide default provider.
+pub(super) fn tls_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Arc<rustls::ClientConfig>, StoreError> {
+    let bad = |path: &Path, e: &dyn std::fmt::Display| StoreError::Unavailable(format!("TLS file {path:?}: {e}"));
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| StoreError::Unavailable(format!("CA file {ca:?}: {e}")))?;
-        roots.add(cert).map_err(|e| StoreError::Unavailable(format!("CA file {ca:?}: {e}")))?;
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| bad(ca, &e))? {
+        roots.add(cert.map_err(|e| bad(ca, &e))?).map_err(|e| bad(ca, &e))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(ca, &"no certificate"));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(unavailable)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| bad(cert, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(cert, &e))?;
+            if chain.is_empty() {
+                return Err(bad(cert, &"no certificate"));
+            }
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, &e))?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| bad(cert, &e))?
+        }
+    };
     Ok(Arc::new(config))
 }
 

@@ -4,16 +4,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{Bus, BusError, BusMessage, NatsBus, NatsConfig};
+use bus::{Bus, BusError, BusMessage, ClusterKeys, NatsBus, NatsConfig};
 use bytes::Bytes;
 use testkit::{NatsServer, poll_until};
 use tokio::sync::mpsc;
 
 async fn connect(server: &NatsServer, name: &str) -> NatsBus {
-    let config = NatsConfig { servers: vec![server.url()], name: name.to_owned(), ..NatsConfig::default() };
+    let config = NatsConfig { name: name.to_owned(), ..NatsConfig::new(vec![server.url()], test_keys()) };
     NatsBus::connect(config).await.unwrap()
+}
+
+fn test_keys() -> Arc<ClusterKeys> {
+    Arc::new(ClusterKeys::new(&[[7u8; 32]]).unwrap())
 }
 
 async fn recv(rx: &mut mpsc::Receiver<BusMessage>, within: Duration) -> Option<BusMessage> {
@@ -109,10 +114,9 @@ async fn tls_with_a_private_ca() {
     };
     let ca = file("ca.pem", TEST_CA);
     let config = |ca: &str| NatsConfig {
-        servers: vec![server.url()],
         tls_ca: Some(PathBuf::from(ca)),
         connect_timeout: Duration::from_secs(2),
-        ..NatsConfig::default()
+        ..NatsConfig::new(vec![server.url()], test_keys())
     };
     let bus = NatsBus::connect(config(&ca)).await.unwrap();
     let (tx, mut rx) = mpsc::channel(8);

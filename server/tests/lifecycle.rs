@@ -178,6 +178,10 @@ fn bad_configuration_exits_64() {
         // An edge without the cluster's token key never falls back to a development secret.
         vec!["edge", "--nats", "nats://127.0.0.1:1"],
         vec!["router", "--cql-keyspace", "Bad-Name"],
+        // Cluster nodes refuse to run without the cluster key, or with one they cannot read.
+        vec!["router", "--nats", "nats://127.0.0.1:1"],
+        vec!["edge", "--jwt-secret", "lifecycle-secret-lifecycle-secret-0123", "--nats", "nats://127.0.0.1:1"],
+        vec!["router", "--cluster-key-file", "/nonexistent/cluster.key"],
         vec!["standalone", "--jwt-max-lifetime", "10s"],
         vec!["standalone", "--jwt-leeway", "1h"],
         vec!["standalone", "--write-timeout", "0s"],

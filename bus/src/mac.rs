@@ -15,6 +15,8 @@
 //! hex. The key id (the first 4 bytes of SHA-256 of the key) picks the verification key
 //! without trying each one, and names the key in logs during a rotation; it is not secret.
 
+use std::fmt::Write;
+
 use ring::{digest, hmac};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
@@ -166,7 +168,8 @@ impl ClusterKeys {
         out.push(':');
         push_hex(&mut out, &key.id);
         out.push(':');
-        out.push_str(&now_ms.to_string());
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{now_ms}");
         out.push(':');
         push_hex(&mut out, tag.as_ref());
         out

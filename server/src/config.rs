@@ -158,10 +158,13 @@ impl NatsRole {
 pub const CLUSTER_MAC_WINDOW_RANGE: std::ops::RangeInclusive<Duration> =
     Duration::from_secs(1)..=Duration::from_secs(600);
 
+/// Longest `--nats-inbox-prefix`: every reply subject carries it, so it stays short.
+pub const MAX_INBOX_PREFIX_BYTES: usize = 128;
+
 /// A NATS subject prefix without wildcards: dot-separated non-empty tokens.
 fn valid_inbox_prefix(prefix: &str) -> bool {
     !prefix.is_empty()
-        && prefix.len() <= 128
+        && prefix.len() <= MAX_INBOX_PREFIX_BYTES
         && prefix
             .split('.')
             .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
@@ -181,7 +184,7 @@ impl NatsArgs {
         let inbox_prefix = self.nats_inbox_prefix.clone().unwrap_or_else(|| role.default_inbox_prefix().to_owned());
         if !valid_inbox_prefix(&inbox_prefix) {
             return Err(format!(
-                "--nats-inbox-prefix {inbox_prefix:?} must be dot-separated tokens of [A-Za-z0-9_-], at most 128 bytes"
+                "--nats-inbox-prefix {inbox_prefix:?} must be dot-separated tokens of [A-Za-z0-9_-], at most {MAX_INBOX_PREFIX_BYTES} bytes"
             ));
         }
         if !CLUSTER_MAC_WINDOW_RANGE.contains(&self.cluster_mac_window.0) {

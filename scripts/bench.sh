@@ -56,12 +56,16 @@ standalone)
 cluster)
     NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
     scripts/cassandra/cassandra.sh start --port 19042 >/dev/null
-    "$NATS" -a 127.0.0.1 -p 14222 >"$OUT/nats.log" 2>&1 &
+    # shellcheck source=scripts/dev-cluster-auth.sh
+    source scripts/dev-cluster-auth.sh
+    dev_cluster_auth "$WORK"
+    "$NATS" -c deploy/nats/nats.conf -a 127.0.0.1 -p 14222 >"$OUT/nats.log" 2>&1 &
     PIDS+=($!)
     sleep 0.5
     KS=bench_$(date +%s)
     for i in 1 2; do
-        "$BIN" router --admin-listen "127.0.0.1:1829$i" --nats nats://127.0.0.1:14222 --cql-nodes 127.0.0.1:19042 \
+        MESSENGER_NATS_USER=router MESSENGER_NATS_PASSWORD=$MESSENGER_NATS_ROUTER_PASSWORD \
+            "$BIN" router --admin-listen "127.0.0.1:1829$i" --nats nats://127.0.0.1:14222 --cql-nodes 127.0.0.1:19042 \
             --cql-keyspace "$KS" --log warn >"$OUT/router$i.log" 2>&1 &
         PIDS+=($!)
         sleep 2
@@ -69,7 +73,8 @@ cluster)
     EDGES=
     METRICS=
     for i in $(seq "$EDGE_COUNT"); do
-        "$BIN" edge --listen "127.0.0.1:$((18100 + i))" --admin-listen "127.0.0.1:$((18200 + i))" \
+        MESSENGER_NATS_USER=edge MESSENGER_NATS_PASSWORD=$MESSENGER_NATS_EDGE_PASSWORD \
+            "$BIN" edge --listen "127.0.0.1:$((18100 + i))" --admin-listen "127.0.0.1:$((18200 + i))" \
             --nats nats://127.0.0.1:14222 "${LIMITS[@]}" >"$OUT/edge$i.log" 2>&1 &
         PIDS+=($!)
         EDGES+=${EDGES:+,}127.0.0.1:$((18100 + i))

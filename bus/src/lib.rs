@@ -8,11 +8,13 @@
 //! an edge reads every chat it is interested in from a single queue.
 //!
 //! Layout: this file holds the trait and its types; [`local`] the in-process bus; [`nats`] the
-//! bus over NATS for the cluster mode; [`routers`] the live view of routers (from their
-//! heartbeats) that tells which router owns a chat.
+//! bus over NATS for the cluster mode, which signs every message it publishes and checks every
+//! one it receives with [`mac`], the pure MAC under the cluster key; [`routers`] the live view
+//! of routers (from their heartbeats) that tells which router owns a chat.
 #![forbid(unsafe_code)]
 
 pub mod local;
+pub mod mac;
 pub mod nats;
 pub mod routers;
 
@@ -24,6 +26,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 pub use local::LocalBus;
+pub use mac::ClusterKeys;
 pub use nats::{NatsBus, NatsConfig};
 
 /// One message as delivered to a subscriber.

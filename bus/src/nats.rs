@@ -7,22 +7,30 @@
 //! has an async-nats buffer in front of its sink; when the sink stays full long enough for
 //! that buffer to fill too, async-nats drops messages and reports a slow consumer, which is
 //! counted in `bus_nats_slow_consumers_total`. Edges repair such gaps from history.
+//!
+//! Every message this bus publishes (requests, replies, events, heartbeats) carries a MAC
+//! under the cluster key ([`crate::mac`]) in a header, and every message it delivers to a
+//! sink, or returns as a reply, has passed the check: one with a missing or bad MAC or an
+//! old signing time is dropped here, before any edge or router code sees it, and counted in
+//! `bus_nats_rejected_total{reason}`. Edge and router code, and the in-process bus, know
+//! nothing of it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::client::RequestErrorKind;
 use async_nats::rustls::pki_types::pem::PemObject;
 use async_nats::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use async_nats::rustls::{self, ClientConfig, RootCertStore};
-use async_nats::{Client, ConnectOptions, Event, Request, ServerAddr, Subscriber};
+use async_nats::{Client, ConnectOptions, Event, HeaderMap, Request, ServerAddr, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::AbortHandle;
 
+use crate::mac::{ClusterKeys, DEFAULT_MAX_AGE_MS, MAC_HEADER, Rejection};
 use crate::{Bus, BusError, BusMessage, Sink, Subscription};
 
 /// Messages async-nats buffers per subscription in front of its sink (the async-nats
@@ -41,6 +49,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// the connection is down: failing then beats hanging until it is back.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// async-nats' own inbox prefix, for a connection that is not given one.
+pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
+
+/// At most one warning per this interval for rejected messages: a forger or a node with the
+/// wrong key must not be able to flood the log. The metric counts every one.
+const REJECTION_WARN_INTERVAL_MS: u64 = 10_000;
+
 /// How to reach NATS.
 #[derive(Clone)]
 pub struct NatsConfig {
@@ -58,15 +73,23 @@ pub struct NatsConfig {
     /// server that verifies clients (`verify: true`). Needs `tls_ca`.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Signs what this node publishes and checks what it receives.
+    pub keys: Arc<ClusterKeys>,
+    /// Largest accepted distance between a message's signing time and this node's clock.
+    pub max_age: Duration,
+    /// Prefix of this connection's reply subjects (`<prefix>.<random>`): NATS permissions
+    /// can then let a role, or one node, subscribe to its own replies only.
+    pub inbox_prefix: String,
     pub subscription_capacity: usize,
     pub client_capacity: usize,
     pub connect_timeout: Duration,
 }
 
-impl Default for NatsConfig {
-    fn default() -> Self {
+impl NatsConfig {
+    /// The defaults, on `servers`, with `keys`: there is no NATS bus without a cluster key.
+    pub fn new(servers: Vec<String>, keys: Arc<ClusterKeys>) -> Self {
         NatsConfig {
-            servers: vec!["nats://127.0.0.1:4222".to_owned()],
+            servers,
             name: "messenger".to_owned(),
             user: None,
             password: None,
@@ -74,6 +97,9 @@ impl Default for NatsConfig {
             tls_ca: None,
             tls_cert: None,
             tls_key: None,
+            keys,
+            max_age: Duration::from_millis(DEFAULT_MAX_AGE_MS),
+            inbox_prefix: DEFAULT_INBOX_PREFIX.to_owned(),
             subscription_capacity: DEFAULT_SUBSCRIPTION_CAPACITY,
             client_capacity: DEFAULT_CLIENT_CAPACITY,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -94,6 +120,9 @@ impl std::fmt::Debug for NatsConfig {
             .field("tls_ca", &self.tls_ca)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("keys", &self.keys)
+            .field("max_age", &self.max_age)
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("client_capacity", &self.client_capacity)
             .field("connect_timeout", &self.connect_timeout)
@@ -105,6 +134,61 @@ impl std::fmt::Debug for NatsConfig {
 #[derive(Clone, Debug)]
 pub struct NatsBus {
     client: Client,
+    auth: Arc<Auth>,
+}
+
+/// Signing and checking, with the rate limit of the rejection warning.
+#[derive(Debug)]
+struct Auth {
+    keys: Arc<ClusterKeys>,
+    max_age_ms: u64,
+    last_warn_ms: AtomicU64,
+    unwarned: AtomicU64,
+}
+
+impl Auth {
+    fn headers(&self, subject: &str, payload: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(MAC_HEADER, self.keys.sign(subject, payload, now_ms()));
+        headers
+    }
+
+    /// Whether a received message may go on; counts and (rate-limited) logs the ones that
+    /// may not.
+    fn accept(&self, subject: &str, payload: &[u8], headers: Option<&HeaderMap>) -> bool {
+        let header = headers.and_then(|h| h.get(MAC_HEADER)).map(|v| v.as_str());
+        let now = now_ms();
+        match self.keys.verify(subject, payload, header, now, self.max_age_ms) {
+            Ok(()) => true,
+            Err(rejection) => {
+                self.reject(subject, rejection, now);
+                false
+            }
+        }
+    }
+
+    fn reject(&self, subject: &str, rejection: Rejection, now: u64) {
+        metrics::counter!("bus_nats_rejected_total", "reason" => rejection.reason()).increment(1);
+        let last = self.last_warn_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= REJECTION_WARN_INTERVAL_MS;
+        if due && self.last_warn_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            let also = self.unwarned.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                subject,
+                reason = rejection.reason(),
+                also_rejected_since_last_warning = also,
+                "NATS message dropped: {rejection} (not signed with this cluster's key, or too old)"
+            );
+        } else {
+            self.unwarned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The wall clock, for signing times: nodes compare them with each other's, so it cannot be
+/// a monotonic clock. A clock before 1970 signs as 0 and is refused by every other node.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl NatsBus {
@@ -124,6 +208,7 @@ impl NatsBus {
             .subscription_capacity(config.subscription_capacity)
             .client_capacity(config.client_capacity)
             .connection_timeout(config.connect_timeout)
+            .custom_inbox_prefix(&config.inbox_prefix)
             .max_reconnects(None)
             .event_callback(|event| async move { on_event(event) });
         match (config.user, config.password) {
@@ -150,7 +235,13 @@ impl NatsBus {
             .connect(servers)
             .await
             .map_err(|e| BusError::Unavailable(format!("connecting to NATS {:?}: {e}", config.servers)))?;
-        Ok(NatsBus { client })
+        let auth = Arc::new(Auth {
+            keys: config.keys,
+            max_age_ms: u64::try_from(config.max_age.as_millis()).unwrap_or(u64::MAX),
+            last_warn_ms: AtomicU64::new(0),
+            unwarned: AtomicU64::new(0),
+        });
+        Ok(NatsBus { client, auth })
     }
 
     /// Returns once the server has processed everything this connection sent before.
@@ -181,7 +272,7 @@ impl NatsBus {
         }
         .map_err(unavailable)?;
         let dropped = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(forward(sub, sink, dropped.clone()));
+        let task = tokio::spawn(forward(sub, sink, dropped.clone(), self.auth.clone()));
         // Unsubscribes if confirming fails or times out.
         let guard = Unsubscribe { task: task.abort_handle(), dropped };
         self.confirm().await?;
@@ -262,7 +353,7 @@ impl Drop for Unsubscribe {
     }
 }
 
-async fn forward(mut sub: Subscriber, sink: Sink, dropped: Arc<AtomicBool>) {
+async fn forward(mut sub: Subscriber, sink: Sink, dropped: Arc<AtomicBool>, auth: Arc<Auth>) {
     loop {
         // Watching `closed` too ends the subscription when its consumer goes away, even on a
         // quiet subject.
@@ -273,6 +364,9 @@ async fn forward(mut sub: Subscriber, sink: Sink, dropped: Arc<AtomicBool>) {
         let Some(msg) = msg else { return };
         if dropped.load(Ordering::Acquire) {
             return;
+        }
+        if !auth.accept(&msg.subject, &msg.payload, msg.headers.as_ref()) {
+            continue;
         }
         let msg = BusMessage {
             subject: msg.subject.to_string(),
@@ -288,7 +382,8 @@ async fn forward(mut sub: Subscriber, sink: Sink, dropped: Arc<AtomicBool>) {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
-        self.client.publish(subject.to_owned(), payload).await.map_err(unavailable)
+        let headers = self.auth.headers(subject, &payload);
+        self.client.publish_with_headers(subject.to_owned(), headers, payload).await.map_err(unavailable)
     }
 
     async fn flush(&self) -> Result<(), BusError> {
@@ -296,12 +391,20 @@ impl Bus for NatsBus {
     }
 
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
-        let request = Request::new().payload(payload).timeout(Some(timeout));
+        // The reply subject is not covered: async-nats picks it after this. Only routers may
+        // read requests (NATS permissions), so only they could redirect one.
+        let headers = self.auth.headers(subject, &payload);
+        let request = Request::new().payload(payload).headers(headers).timeout(Some(timeout));
         // async-nats times only the wait for the answer; the outer timeout also bounds
         // queueing the request while the connection is down.
         match tokio::time::timeout(timeout, self.client.send_request(subject.to_owned(), request)).await {
             Err(_) => Err(BusError::Timeout),
-            Ok(Ok(reply)) => Ok(reply.payload),
+            Ok(Ok(reply)) if self.auth.accept(&reply.subject, &reply.payload, reply.headers.as_ref()) => {
+                Ok(reply.payload)
+            }
+            // A forged or stale reply is not the router's answer; the real one, if it comes,
+            // finds the request gone, so the caller sees what it would see on a lost reply.
+            Ok(Ok(_)) => Err(BusError::Unavailable("reply rejected (bad or missing cluster MAC)".to_owned())),
             Ok(Err(e)) => Err(match e.kind() {
                 RequestErrorKind::TimedOut => BusError::Timeout,
                 RequestErrorKind::NoResponders => BusError::NoResponders,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bus::{Bus, BusError, BusMessage, LocalBus, NatsBus, NatsConfig};
+use bus::{Bus, BusError, BusMessage, ClusterKeys, LocalBus, NatsBus, NatsConfig};
 use bytes::Bytes;
 use testkit::{NatsServer, poll_until};
 use tokio::sync::mpsc;
@@ -36,7 +36,8 @@ impl Fixture {
         match self {
             Fixture::Local(bus) => Arc::new(bus.clone()),
             Fixture::Nats(server) => {
-                let config = NatsConfig { servers: vec![server.url()], name: name.to_owned(), ..NatsConfig::default() };
+                let keys = Arc::new(ClusterKeys::new(&[[7u8; 32]]).unwrap());
+                let config = NatsConfig { name: name.to_owned(), ..NatsConfig::new(vec![server.url()], keys) };
                 Arc::new(NatsBus::connect(config).await.unwrap())
             }
         }

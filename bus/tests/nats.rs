@@ -4,16 +4,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{Bus, BusError, BusMessage, NatsBus, NatsConfig};
+use bus::{Bus, BusError, BusMessage, ClusterKeys, NatsBus, NatsConfig};
 use bytes::Bytes;
 use testkit::{NatsServer, TestCa, poll_until};
 use tokio::sync::mpsc;
 
 async fn connect(server: &NatsServer, name: &str) -> NatsBus {
-    let config = NatsConfig { servers: vec![server.url()], name: name.to_owned(), ..NatsConfig::default() };
+    let config = NatsConfig { name: name.to_owned(), ..NatsConfig::new(vec![server.url()], test_keys()) };
     NatsBus::connect(config).await.unwrap()
+}
+
+fn test_keys() -> Arc<ClusterKeys> {
+    Arc::new(ClusterKeys::new(&[[7u8; 32]]).unwrap())
 }
 
 async fn recv(rx: &mut mpsc::Receiver<BusMessage>, within: Duration) -> Option<BusMessage> {
@@ -74,10 +79,9 @@ async fn tls_with_a_private_ca() {
     // The client's files live beside the server's, and go with it.
     let ca_file = ca.write(server.dir(), "ca.pem");
     let config = |ca: PathBuf| NatsConfig {
-        servers: vec![server.url()],
         tls_ca: Some(ca),
         connect_timeout: Duration::from_secs(2),
-        ..NatsConfig::default()
+        ..NatsConfig::new(vec![server.url()], test_keys())
     };
     let bus = NatsBus::connect(config(ca_file)).await.unwrap();
     let (tx, mut rx) = mpsc::channel(8);
@@ -105,12 +109,11 @@ async fn mutual_tls_with_a_client_certificate() {
     };
     let ca_file = ca.write(server.dir(), "ca.pem");
     let config = |identity: Option<(PathBuf, PathBuf)>| NatsConfig {
-        servers: vec![server.url()],
         tls_ca: Some(ca_file.clone()),
         tls_cert: identity.as_ref().map(|i| i.0.clone()),
         tls_key: identity.map(|i| i.1),
         connect_timeout: Duration::from_secs(2),
-        ..NatsConfig::default()
+        ..NatsConfig::new(vec![server.url()], test_keys())
     };
     let edge = ca.client("edge-1").write(server.dir(), "edge");
     let bus = NatsBus::connect(config(Some(edge.clone()))).await.unwrap();

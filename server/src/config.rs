@@ -177,11 +177,57 @@ pub struct NatsArgs {
     /// PEM private key of --nats-tls-cert.
     #[arg(long, env = "MESSENGER_NATS_TLS_KEY")]
     pub nats_tls_key: Option<PathBuf>,
+    /// Prefix of this process's reply subjects; NATS permissions let each role (or node)
+    /// read only its own. Default `_INBOX.edge` on edges, `_INBOX.router` on routers.
+    #[arg(long, env = "MESSENGER_NATS_INBOX_PREFIX")]
+    pub nats_inbox_prefix: Option<String>,
+    /// File of cluster keys (hex, one per line, ≥ 32 bytes each): the first signs every
+    /// message this process publishes on NATS; every one verifies. Required.
+    #[arg(long, env = "MESSENGER_CLUSTER_KEY_FILE")]
+    pub cluster_key_file: Option<PathBuf>,
+    /// Largest accepted difference between a bus message's signing time and this clock.
+    #[arg(long, env = "MESSENGER_CLUSTER_MAC_WINDOW", default_value_t = Span(Duration::from_millis(bus::mac::DEFAULT_MAX_AGE_MS)))]
+    pub cluster_mac_window: Span,
+}
+
+/// Which cluster process a NATS connection belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsRole {
+    Edge,
+    Router,
+}
+
+impl NatsRole {
+    /// The default reply-subject prefix; deploy/nats/permissions.conf grants each role its own.
+    pub fn default_inbox_prefix(self) -> &'static str {
+        match self {
+            NatsRole::Edge => "_INBOX.edge",
+            NatsRole::Router => "_INBOX.router",
+        }
+    }
+}
+
+/// Bounds of `--cluster-mac-window`: below a second, ordinary clock skew drops messages;
+/// above ten minutes, a captured message can be replayed for too long.
+pub const CLUSTER_MAC_WINDOW_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(600);
+
+/// Longest `--nats-inbox-prefix`: every reply subject carries it, so it stays short.
+pub const MAX_INBOX_PREFIX_BYTES: usize = 128;
+
+/// A NATS subject prefix without wildcards: dot-separated non-empty tokens.
+fn valid_inbox_prefix(prefix: &str) -> bool {
+    !prefix.is_empty()
+        && prefix.len() <= MAX_INBOX_PREFIX_BYTES
+        && prefix
+            .split('.')
+            .all(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
 }
 
 impl NatsArgs {
-    /// Validates and builds the NATS configuration; `name` tells processes apart in NATS.
-    pub fn to_config(&self, name: &str) -> Result<bus::nats::NatsConfig, String> {
+    /// Validates and builds the NATS configuration, reading the cluster key file; `name`
+    /// tells processes apart in NATS.
+    pub fn to_config(&self, name: &str, role: NatsRole) -> Result<bus::nats::NatsConfig, String> {
         let servers: Vec<String> = self.nats.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
         if servers.is_empty() {
             return Err("--nats needs at least one server".into());
@@ -190,8 +236,25 @@ impl NatsArgs {
             return Err("--nats-user and --nats-password go together".into());
         }
         client_identity("--nats", self.nats_tls_ca.is_some(), &self.nats_tls_cert, &self.nats_tls_key)?;
+        let inbox_prefix = self.nats_inbox_prefix.clone().unwrap_or_else(|| role.default_inbox_prefix().to_owned());
+        if !valid_inbox_prefix(&inbox_prefix) {
+            return Err(format!(
+                "--nats-inbox-prefix {inbox_prefix:?} must be dot-separated tokens of [A-Za-z0-9_-], at most {MAX_INBOX_PREFIX_BYTES} bytes"
+            ));
+        }
+        if !CLUSTER_MAC_WINDOW_RANGE.contains(&self.cluster_mac_window.0) {
+            return Err("--cluster-mac-window must be between 1s and 10m".into());
+        }
+        let Some(key_file) = &self.cluster_key_file else {
+            return Err("a cluster node needs the cluster key: give --cluster-key-file \
+                 (generate one with `openssl rand -hex 32`; docs/operations.md §10)"
+                .into());
+        };
+        let text =
+            std::fs::read_to_string(key_file).map_err(|e| format!("--cluster-key-file {}: {e}", key_file.display()))?;
+        let keys =
+            bus::ClusterKeys::parse(&text).map_err(|e| format!("--cluster-key-file {}: {e}", key_file.display()))?;
         Ok(bus::nats::NatsConfig {
-            servers,
             name: name.to_owned(),
             user: self.nats_user.clone(),
             password: self.nats_password.clone(),
@@ -199,7 +262,9 @@ impl NatsArgs {
             tls_ca: self.nats_tls_ca.clone(),
             tls_cert: self.nats_tls_cert.clone(),
             tls_key: self.nats_tls_key.clone(),
-            ..bus::nats::NatsConfig::default()
+            max_age: self.cluster_mac_window.0,
+            inbox_prefix,
+            ..bus::nats::NatsConfig::new(servers, std::sync::Arc::new(keys))
         })
     }
 }
@@ -626,6 +691,52 @@ mod tests {
         }
         // Defaults shown by --help are the owning component's.
         assert_eq!(Span(EdgeConfig::default().idle_timeout).to_string(), "90s");
+    }
+
+    fn router_nats(extra: &[&str]) -> Result<bus::nats::NatsConfig, String> {
+        let cli = Cli::try_parse_from(["messenger", "router"].iter().chain(extra)).unwrap();
+        let Command::Router(args) = cli.command else { panic!() };
+        args.nats.to_config("router", NatsRole::Router)
+    }
+
+    #[test]
+    fn cluster_nodes_need_a_readable_strong_cluster_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_owned()
+        };
+        let good = file("good", &format!("{}\n{}\n", "ab".repeat(32), "cd".repeat(32)));
+        let config = router_nats(&["--cluster-key-file", &good]).unwrap();
+        assert_eq!(config.keys.key_ids().len(), 2);
+        assert_eq!(config.inbox_prefix, "_INBOX.router");
+        assert_eq!(config.max_age, Duration::from_secs(60));
+        let err = router_nats(&[]).unwrap_err();
+        assert!(err.contains("--cluster-key-file"), "{err}");
+        for bad in [
+            file("short", &"ab".repeat(16)),
+            file("empty", "# none\n"),
+            dir.path().join("missing").to_str().unwrap().to_owned(),
+        ] {
+            assert!(router_nats(&["--cluster-key-file", &bad]).is_err(), "{bad}");
+        }
+        for window in ["0s", "999ms", "11m"] {
+            assert!(router_nats(&["--cluster-key-file", &good, "--cluster-mac-window", window]).is_err(), "{window}");
+        }
+        let edge = Cli::try_parse_from(["messenger", "edge", "--cluster-key-file", &good]).unwrap();
+        let Command::Edge(edge) = edge.command else { panic!() };
+        assert_eq!(edge.nats.to_config("edge", NatsRole::Edge).unwrap().inbox_prefix, "_INBOX.edge");
+    }
+
+    #[test]
+    fn inbox_prefixes_are_plain_subject_tokens() {
+        for good in ["_INBOX.edge", "_INBOX.edge-3", "replies"] {
+            assert!(valid_inbox_prefix(good), "{good}");
+        }
+        for bad in ["", "_INBOX.*", "_INBOX.>", "a..b", ".a", "a.", "a b", "é"] {
+            assert!(!valid_inbox_prefix(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use edge::Authenticator;
 use edge::admin::Render;
 use router::RouterConfig;
 use server::cluster::{self, EdgeNodeConfig, RouterNodeConfig};
-use server::config::{AuthArgs, Cli, Command, EXIT_CONFIG, StandaloneArgs};
+use server::config::{AuthArgs, Cli, Command, EXIT_CONFIG, NatsRole, StandaloneArgs};
 use server::standalone::{self, StandaloneConfig};
 use server::{ListenerTls, control, keys, telemetry, token};
 use tokio::net::{TcpListener, TcpSocket};
@@ -352,7 +352,7 @@ fn edge_config(args: &server::config::EdgeNodeArgs) -> anyhow::Result<EdgeNodeCo
         audit: audit_log(&args.node.audit_log, &format!("edge-{}", args.node.listen))?,
         edge: args.node.edge.to_config().map_err(anyhow::Error::msg)?,
         auth: authenticator(&args.node.auth, &args.node.data_dir)?,
-        nats: args.nats.to_config(&format!("edge-{}", args.node.listen)).map_err(anyhow::Error::msg)?,
+        nats: args.nats.to_config(&format!("edge-{}", args.node.listen), NatsRole::Edge).map_err(anyhow::Error::msg)?,
         shutdown_deadline: args.node.shutdown_deadline,
     })
 }
@@ -362,7 +362,7 @@ fn router_config(args: &server::config::RouterNodeArgs) -> anyhow::Result<Router
         audit: audit_log(&args.audit_log, "router")?,
         router: router_config_from(args.router_shards)?,
         cql: args.cql.to_config().map_err(anyhow::Error::msg)?,
-        nats: args.nats.to_config("router").map_err(anyhow::Error::msg)?,
+        nats: args.nats.to_config("router", NatsRole::Router).map_err(anyhow::Error::msg)?,
         shutdown_deadline: args.shutdown_deadline,
         admin_token: admin_token(&args.revocation)?,
         revocation_retention: retention(&args.revocation, None)?,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use client::{Client, ClientError, cursor};
 use fixture::*;
 use protocol::{ChatKind, ClientFrame, Encoding, EventBody, Role, ServerFrame};
+use testkit::poll_until;
 
 const SECRET: &str = "cluster-test-secret-cluster-test-secret";
 
@@ -29,16 +30,16 @@ impl Cluster {
     fn start(routers: usize, edges: usize) -> Option<Cluster> {
         let cql = cql_node()?;
         // The monitoring port counts the bus messages a post costs.
-        let nats = NatsServer::builder().monitor().required();
+        let nats = NatsServer::builder().cluster_auth().monitor().required();
         let keyspace = unique_keyspace("c");
-        let routers = (0..routers).map(|_| TestServer::start_router(&nats.url(), &cql, &keyspace)).collect();
-        let edges = (0..edges).map(|_| TestServer::start_edge(&nats.url(), SECRET, &[])).collect();
+        let routers = (0..routers).map(|_| TestServer::start_router(&nats, &cql, &keyspace)).collect();
+        let edges = (0..edges).map(|_| TestServer::start_edge(&nats, SECRET, &[])).collect();
         let guard = KeyspaceGuard::new(&cql, &keyspace);
         Some(Cluster { edges, routers, nats, cql, keyspace, _drop_keyspace: guard })
     }
 
     fn add_router(&mut self) {
-        self.routers.push(TestServer::start_router(&self.nats.url(), &self.cql, &self.keyspace));
+        self.routers.push(TestServer::start_router(&self.nats, &self.cql, &self.keyspace));
     }
 
     fn token(&self, user: &str) -> String {
@@ -151,6 +152,76 @@ async fn fan_out_costs_bus_messages_per_edge_not_per_member() {
     // request + reply + one event publish in; request, reply and one copy per edge out.
     assert!(per_post_in <= 4.0, "{per_post_in} messages in per post");
     assert!(per_post_out <= 6.0, "{per_post_out} messages out per post");
+}
+
+/// Whoever holds an edge's NATS credentials may publish on `router.req`, but without the
+/// cluster key a request acts as nobody: the router drops it before decoding and counts it;
+/// nothing is stored or delivered. The same request signed with the cluster key is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_forged_without_the_cluster_key_does_not_act() {
+    use protocol::codec::{decode_envelope, encode_envelope};
+    use protocol::envelope::{ROUTER_REQUEST_SUBJECT, RouterOp, RouterReply, RouterRequest};
+
+    let Some(cluster) = Cluster::start(1, 1) else { return };
+    let mut alice = cluster.connect(0, "alice", Json).await;
+    let mut bob = cluster.connect(0, "bob", Json).await;
+    let chat = created(&alice.create_chat(ChatKind::Group, "g", &["bob"]).await.unwrap());
+    bob.wait_for(is_event).await.unwrap();
+
+    let forger = async_nats::ConnectOptions::with_user_and_password(EDGE_USER.into(), EDGE_PASSWORD.into())
+        .custom_inbox_prefix("_INBOX.edge")
+        .connect(cluster.nats.url())
+        .await
+        .unwrap();
+    let send = |id: &str| {
+        let op = RouterOp::Send { chat, client_msg_id: id.to_owned(), body: format!("{id} as alice") };
+        encode_envelope(&RouterRequest { user: "alice".to_owned(), op })
+    };
+    let request = |payload: bytes::Bytes, mac: Option<String>| {
+        let mut request = async_nats::Request::new().payload(payload).timeout(Some(Duration::from_secs(1)));
+        if let Some(mac) = mac {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(bus::mac::MAC_HEADER, mac);
+            request = request.headers(headers);
+        }
+        forger.send_request(ROUTER_REQUEST_SUBJECT, request)
+    };
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let cluster_keys =
+        bus::ClusterKeys::parse(&std::fs::read_to_string(cluster_key_file(&cluster.nats)).unwrap()).unwrap();
+    let other_keys = bus::ClusterKeys::parse(&random_key_hex()).unwrap();
+
+    // Unsigned, and signed with a key that is not the cluster's: no answer ever comes.
+    let unsigned = request(send("forged-1"), None).await;
+    assert!(unsigned.is_err_and(|e| e.kind() == async_nats::RequestErrorKind::TimedOut));
+    let payload = send("forged-2");
+    let mac = other_keys.sign(ROUTER_REQUEST_SUBJECT, &payload, now());
+    let other = request(payload, Some(mac)).await;
+    assert!(other.is_err_and(|e| e.kind() == async_nats::RequestErrorKind::TimedOut));
+    let router = &cluster.routers[0];
+    for reason in ["missing", "unknown_key"] {
+        let line = format!("bus_nats_rejected_total{{reason=\"{reason}\"}} ");
+        poll_until(&format!("the router counts a {reason} MAC"), Duration::from_secs(10), async || {
+            let (_, metrics) = router.admin_get("/metrics").await;
+            metrics
+                .lines()
+                .any(|l| l.strip_prefix(&line).is_some_and(|n| n.trim().parse::<f64>().is_ok_and(|n| n >= 1.0)))
+        })
+        .await;
+    }
+    // Nothing was stored: the next real message takes seq 2, and it is the first Bob sees.
+    assert_eq!(acked(&alice.send_message(chat, "real", "real").await.unwrap()), (2, false));
+    let next = bob.wait_for(is_event).await.unwrap();
+    assert!(matches!(&next, ServerFrame::Event { event, .. } if event.seq == 2), "{next:?}");
+
+    // Signed with the cluster key, the same kind of request acts (the key is the secret).
+    let payload = send("signed");
+    let mac = cluster_keys.sign(ROUTER_REQUEST_SUBJECT, &payload, now());
+    let reply = request(payload, Some(mac)).await.unwrap();
+    let reply: RouterReply = decode_envelope(&reply.payload).unwrap();
+    assert!(matches!(reply, RouterReply::Ack { seq: 3, duplicate: false, .. }), "{reply:?}");
+    let next = bob.wait_for(is_event).await.unwrap();
+    assert!(matches!(&next, ServerFrame::Event { event, .. } if event.seq == 3), "{next:?}");
 }
 
 /// `kill -9` of a router under steady load: its chats move to the survivor within the

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use client::Client;
 use protocol::{ChatId, Encoding, ServerFrame};
+pub use testkit::nats::{EDGE_PASSWORD, EDGE_USER, ROUTER_PASSWORD, ROUTER_USER};
 pub use testkit::{KeyspaceGuard, NatsServer, cql_node, unique_keyspace};
 
 pub use protocol::Encoding::{Bincode, Json};
@@ -68,12 +69,11 @@ impl TestServer {
     pub fn start_cluster(edge_args: &[&str]) -> TestServer {
         const SECRET: &str = "cluster-test-secret-cluster-test-secret";
         let cql = cql_node().expect("MESSENGER_TEST_TOPOLOGY=cluster needs MESSENGER_TEST_CQL");
-        let nats = NatsServer::required();
+        let nats = NatsServer::builder().cluster_auth().required();
         let keyspace = unique_keyspace("t");
-        let mut behind: Vec<TestServer> =
-            (0..2).map(|_| TestServer::start_router(&nats.url(), &cql, &keyspace)).collect();
-        let mut front = TestServer::start_edge(&nats.url(), SECRET, edge_args);
-        let second = TestServer::start_edge(&nats.url(), SECRET, edge_args);
+        let mut behind: Vec<TestServer> = (0..2).map(|_| TestServer::start_router(&nats, &cql, &keyspace)).collect();
+        let mut front = TestServer::start_edge(&nats, SECRET, edge_args);
+        let second = TestServer::start_edge(&nats, SECRET, edge_args);
         front.edges = vec![front.ws.clone(), second.ws.clone()];
         behind.push(second);
         // Tests that read the development secret find the cluster's.
@@ -87,35 +87,34 @@ impl TestServer {
         front
     }
 
-    /// Starts a cluster edge on free ports.
-    pub fn start_edge(nats: &str, secret: &str, extra: &[&str]) -> TestServer {
-        let mut args = vec!["edge", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--nats", nats];
+    /// Starts a cluster edge on free ports, with the edge role's NATS credentials (see
+    /// `NatsBuilder::cluster_auth`; a server without authentication ignores them) and the
+    /// cluster key of `nats` ([`cluster_key_file`]); `extra` may override both.
+    pub fn start_edge(nats: &NatsServer, secret: &str, extra: &[&str]) -> TestServer {
+        let (url, key) = (nats.url(), cluster_key_file(nats));
+        let mut args = vec!["edge", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--nats", &url];
+        args.extend_from_slice(&["--nats-user", EDGE_USER, "--nats-password", EDGE_PASSWORD]);
         // Test tokens carry no issuer or audience.
-        args.extend_from_slice(&["--dev", "--jwt-secret", secret]);
+        args.extend_from_slice(&["--dev", "--cluster-key-file", &key, "--jwt-secret", secret]);
         args.extend_from_slice(extra);
         let mut s = TestServer::spawn(&args, None);
         s.secret = secret.to_owned();
         s
     }
 
-    /// Starts a cluster router on a free admin port.
-    pub fn start_router(nats: &str, cql: &str, keyspace: &str) -> TestServer {
+    /// Starts a cluster router on a free admin port, with the router role's NATS credentials
+    /// and the cluster key of `nats`.
+    pub fn start_router(nats: &NatsServer, cql: &str, keyspace: &str) -> TestServer {
         TestServer::start_router_with(nats, cql, keyspace, &[])
     }
 
-    /// Starts a cluster router with extra flags.
-    pub fn start_router_with(nats: &str, cql: &str, keyspace: &str, extra: &[&str]) -> TestServer {
-        let mut args = vec![
-            "router",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--nats",
-            nats,
-            "--cql-nodes",
-            cql,
-            "--cql-keyspace",
-            keyspace,
-        ];
+    /// [`start_router`](Self::start_router) with more flags (a later `--cluster-key-file`
+    /// wins over the default one).
+    pub fn start_router_with(nats: &NatsServer, cql: &str, keyspace: &str, extra: &[&str]) -> TestServer {
+        let (url, key) = (nats.url(), cluster_key_file(nats));
+        let mut args = vec!["router", "--admin-listen", "127.0.0.1:0", "--nats", &url, "--cql-nodes", cql];
+        args.extend_from_slice(&["--cql-keyspace", keyspace, "--cluster-key-file", &key]);
+        args.extend_from_slice(&["--nats-user", ROUTER_USER, "--nats-password", ROUTER_PASSWORD]);
         args.extend_from_slice(extra);
         TestServer::spawn(&args, None)
     }
@@ -242,6 +241,22 @@ pub fn run_command(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_messenger")).args(args).output().expect("run messenger");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// The cluster key of the nodes on `nats`: one random key, written beside the server's own
+/// files on first use, so that it goes away with the server.
+pub fn cluster_key_file(nats: &NatsServer) -> String {
+    let path = nats.dir().join("cluster.key");
+    if !path.exists() {
+        std::fs::write(&path, format!("{}\n", random_key_hex())).expect("write the cluster key");
+    }
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+/// 32 random bytes in hex, as `openssl rand -hex 32` makes them.
+pub fn random_key_hex() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Polls `/readyz` until it answers 200: the node prints its addresses when bound, and is

@@ -189,6 +189,10 @@ fn bad_configuration_exits_64() {
         vec!["standalone", "--jwt-secret", "0123456789abcdef0123456789abcdef", "--jwt-issuer", "i"],
         vec!["standalone", "--dev", "--jwt-jwks-file", "/nonexistent/jwks.json"],
         vec!["standalone", "--dev", "--revocation-retention", "1h"],
+        // Cluster nodes refuse to run without the cluster key, or with one they cannot read.
+        vec!["router", "--nats", "nats://127.0.0.1:1"],
+        vec!["edge", "--dev", "--jwt-secret", "lifecycle-secret-lifecycle-secret-0123", "--nats", "nats://127.0.0.1:1"],
+        vec!["router", "--cluster-key-file", "/nonexistent/cluster.key"],
         vec!["frobnicate"],
     ] {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_messenger"))

@@ -167,12 +167,11 @@ async fn a_revocation_reaches_every_edge_of_a_cluster_and_survives_restarts() {
     let temp = tempfile::tempdir().unwrap();
     let token_file = admin_token_file(temp.path());
     let router_args = ["--admin-token-file", token_file.to_str().unwrap()];
-    let nats = NatsServer::required();
+    let nats = NatsServer::builder().cluster_auth().required();
     let keyspace = unique_keyspace("rv");
     let _guard = KeyspaceGuard::new(&cql, &keyspace);
-    let mut router = TestServer::start_router_with(&nats.url(), &cql, &keyspace, &router_args);
-    let mut edges =
-        vec![TestServer::start_edge(&nats.url(), SECRET, &[]), TestServer::start_edge(&nats.url(), SECRET, &[])];
+    let mut router = TestServer::start_router_with(&nats, &cql, &keyspace, &router_args);
+    let mut edges = vec![TestServer::start_edge(&nats, SECRET, &[]), TestServer::start_edge(&nats, SECRET, &[])];
     let early = now() - 60;
     let dave = |jti: &str| token(SECRET, "dave", jti, early);
     let mut on_first = Client::connect(&edges[0].ws, &dave("d1"), Json).await.unwrap();
@@ -192,9 +191,9 @@ async fn a_revocation_reaches_every_edge_of_a_cluster_and_survives_restarts() {
 
     // Restart the router and an edge: the new edge reads the list from the new router.
     router.kill9();
-    let router = TestServer::start_router_with(&nats.url(), &cql, &keyspace, &router_args);
+    let router = TestServer::start_router_with(&nats, &cql, &keyspace, &router_args);
     edges[0].kill9();
-    edges[0] = TestServer::start_edge(&nats.url(), SECRET, &[]);
+    edges[0] = TestServer::start_edge(&nats, SECRET, &[]);
     refused(&edges[0].ws, &dave("d1")).await;
     refused(&edges[0].ws, &token(SECRET, "erin", "e1", early)).await;
     refused(&edges[1].ws, &dave("d3")).await;

@@ -9,7 +9,9 @@
 //! - [`wait`]: [`wait_for`] (blocking) and [`poll_until`] (async) poll a condition to a
 //!   deadline; tests use them instead of sleeping until something is ready.
 //! - [`nats`]: [`NatsServer`], a real `nats-server` (Debian's package), optionally with a
-//!   monitoring port, TLS, client certificates; killed and its temporary directory removed on drop; restartable.
+//!   monitoring port, TLS, client certificates, or the deployed role permissions
+//!   (`deploy/nats/`, with test passwords); killed and its temporary directory removed on
+//!   drop; restartable.
 //! - [`cql`]: [`cql_node`] finds the test CQL database (`MESSENGER_TEST_CQL=host:port`),
 //!   [`cql_tls`] its TLS files (`MESSENGER_TEST_CQL_TLS`),
 //!   [`unique_keyspace`] names a keyspace no other test uses, [`KeyspaceGuard`] drops it.
@@ -33,7 +35,7 @@ pub mod token;
 pub mod wait;
 
 pub use cql::{KeyspaceGuard, cql_node, cql_tls, unique_keyspace};
-pub use nats::{NatsBuilder, NatsServer, nats_server_bin};
+pub use nats::{NatsBuilder, NatsServer, deployed_nats_conf, nats_server_bin};
 pub use ports::free_port;
 pub use tls::{TestCa, TestCert};
 pub use token::{mint_claims, mint_expired_token, mint_token};

@@ -22,12 +22,28 @@ pub fn nats_server_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The NATS user of edges under [`NatsBuilder::cluster_auth`].
+pub const EDGE_USER: &str = "edge";
+/// The password of [`EDGE_USER`] under [`NatsBuilder::cluster_auth`].
+pub const EDGE_PASSWORD: &str = "edge-test-password";
+/// The NATS user of routers under [`NatsBuilder::cluster_auth`].
+pub const ROUTER_USER: &str = "router";
+/// The password of [`ROUTER_USER`] under [`NatsBuilder::cluster_auth`].
+pub const ROUTER_PASSWORD: &str = "router-test-password";
+
+/// The NATS server configuration operators deploy (`deploy/nats/nats.conf`, which includes
+/// the permissions of each role from `permissions.conf` beside it).
+pub fn deployed_nats_conf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats/nats.conf")
+}
+
 /// How to start a [`NatsServer`]: `NatsServer::builder().monitor().start()`.
 #[derive(Debug, Default, Clone)]
 pub struct NatsBuilder {
     monitor: bool,
     tls: Option<(String, String)>,
     client_ca: Option<String>,
+    cluster_auth: bool,
     args: Vec<String>,
 }
 
@@ -48,6 +64,14 @@ impl NatsBuilder {
     /// `ca_pem` signed (`verify: true`); a client without one is refused.
     pub fn verify_clients(mut self, ca_pem: &str) -> Self {
         self.client_ca = Some(ca_pem.to_owned());
+        self
+    }
+
+    /// Runs with the deployed configuration, [`deployed_nats_conf`]: only the users
+    /// [`EDGE_USER`] and [`ROUTER_USER`] (passwords [`EDGE_PASSWORD`], [`ROUTER_PASSWORD`]),
+    /// each with its role's permissions; anyone else is refused.
+    pub fn cluster_auth(mut self) -> Self {
+        self.cluster_auth = true;
         self
     }
 
@@ -87,9 +111,17 @@ impl NatsBuilder {
                 args.extend(["--tlsverify".into(), "--tlscacert".into(), write("client-ca.pem", ca)]);
             }
         }
+        let mut env = Vec::new();
+        if self.cluster_auth {
+            let conf = deployed_nats_conf();
+            assert!(conf.is_file(), "{} missing", conf.display());
+            args.extend(["-c".into(), conf.to_str().expect("utf-8 repository path").to_owned()]);
+            env.push(("MESSENGER_NATS_EDGE_PASSWORD".to_owned(), EDGE_PASSWORD.to_owned()));
+            env.push(("MESSENGER_NATS_ROUTER_PASSWORD".to_owned(), ROUTER_PASSWORD.to_owned()));
+        }
         args.extend(self.args);
         let name = format!("testkit-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let mut server = NatsServer { bin, name, port: 0, monitor: None, args, dir, child: None };
+        let mut server = NatsServer { bin, name, port: 0, monitor: None, args, env, dir, child: None };
         // Another process may take a port between our probe and the server's bind.
         for _ in 0..5 {
             server.port = free_port();
@@ -116,6 +148,7 @@ pub struct NatsServer {
     port: u16,
     monitor: Option<u16>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -209,6 +242,7 @@ impl NatsServer {
         }
         let mut child = cmd
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -141,10 +141,25 @@ async fn a_slow_reader_is_closed_with_4009_and_resumes_without_loss() {
                 }
                 Ok(_) => {}
                 Err(client::ClientError::Closed { code, .. }) => break code,
+                // docs/protocol.md (4009): the close frame itself may not reach a client that
+                // stopped reading; its socket is then dropped after the grace period. Slower
+                // sends (a cluster under load) make that the likelier ending.
+                Err(client::ClientError::Ws(client::tungstenite::Error::Protocol(
+                    client::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                ))) => break None,
                 Err(e) => panic!("{e}"),
             }
         };
-        assert_eq!(code, Some(4009));
+        match code {
+            Some(code) => assert_eq!(code, 4009),
+            None => {
+                let (_, metrics) = server.admin_get("/metrics").await;
+                assert!(
+                    metrics.lines().any(|l| l.starts_with("edge_closes_total{reason=\"slow_consumer\"}")),
+                    "dropped without a close frame, but not as a slow consumer:\n{metrics}"
+                );
+            }
+        }
         assert!(seen < last, "the close came before everything was delivered");
         // Bob comes back with a normal socket and resumes from what he saw.
         let (mut bob, frames) =

@@ -22,6 +22,7 @@
 //! - [`revocation`]: the revocation list, kept current from the routers, and the closing of
 //!   connections whose token it refuses.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`hangup`]: SIGHUP as "reread your files" for the reloaders.
 //! - this file: [`Edge`], its accept loop and drain.
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod config;
 mod connection;
 mod handshake;
+pub mod hangup;
 pub mod hub;
 pub mod order;
 pub mod outbox;

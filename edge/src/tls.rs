@@ -145,32 +145,16 @@ impl ServerTls {
     /// returns, so a SIGHUP sent once the node is up never falls to the default action
     /// (ending the process).
     pub fn watch(self: Arc<Self>, interval: Duration, stop: CancellationToken) -> impl Future<Output = ()> + Send {
-        #[cfg(unix)]
-        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(h) => Some(h),
-            Err(err) => {
-                tracing::warn!(error = %err, "no SIGHUP handler: the TLS certificate reloads on its interval only");
-                None
-            }
-        };
+        let mut hangup = crate::hangup::Hangup::new();
         async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
             loop {
-                #[cfg(unix)]
-                let hangup = async {
-                    match hup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                #[cfg(not(unix))]
-                let hangup = std::future::pending::<Option<()>>();
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
-                    _ = hangup => tracing::info!("SIGHUP: reading the TLS certificate again"),
+                    _ = hangup.recv() => tracing::info!("SIGHUP: reading the TLS certificate again"),
                 }
                 self.reload_and_report();
             }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use edge::Authenticator;
+use edge::hangup::Hangup;
 use tokio_util::sync::CancellationToken;
 
 /// How often the file's modification time and size are checked.
@@ -30,25 +31,14 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-/// Reloads `path` into `auth` whenever it changes or SIGHUP arrives, until `shutdown`.
-pub async fn watch(path: PathBuf, auth: Authenticator, shutdown: CancellationToken) {
+/// Reloads `path` into `auth` whenever it changes or `hangup` fires, until `shutdown`.
+pub async fn watch(path: PathBuf, auth: Authenticator, mut hangup: Hangup, shutdown: CancellationToken) {
     let mut seen = stamp(&path);
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
-        #[cfg(unix)]
-        let hup = async {
-            match hangup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hup = std::future::pending::<Option<()>>();
         let forced = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(POLL_INTERVAL) => false,
-            _ = hup => true,
+            _ = hangup.recv() => true,
         };
         let now = stamp(&path);
         if !forced && now == seen {

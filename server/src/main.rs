@@ -104,7 +104,8 @@ fn key_set_watch(args: &AuthArgs, auth: &Authenticator) -> impl FnOnce(&Cancella
         (args.jwt_jwks_file.clone(), args.jwt_jwks_url.clone(), args.jwt_jwks_refresh.0, auth.clone());
     move |shutdown: &CancellationToken| {
         if let Some(path) = file {
-            tokio::spawn(keys::watch(path, auth, shutdown.clone()));
+            // Registered now, before the node is ready: a SIGHUP must never end it.
+            tokio::spawn(keys::watch(path, auth, edge::hangup::Hangup::new(), shutdown.clone()));
         } else if let Some(url) = url {
             tokio::spawn(keys::poll(url, auth, refresh, None, shutdown.clone()));
         }

@@ -241,6 +241,14 @@ fn signed(key: &jsonwebtoken::EncodingKey, kid: &str, user: &str) -> String {
     jsonwebtoken::encode(&header, &claims, key).unwrap()
 }
 
+/// A standalone node outside `--dev` (no development secret), with `extra` flags.
+fn production_node(data: impl AsRef<Path>, extra: &[&str]) -> TestServer {
+    let data = data.as_ref().to_str().unwrap();
+    let mut args = vec!["standalone", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir", data];
+    args.extend_from_slice(extra);
+    TestServer::spawn(&args, None)
+}
+
 /// Whether `token` gets a session now.
 async fn accepted(ws: &str, token: &str) -> bool {
     Client::connect(ws, token, Json).await.is_ok()
@@ -255,23 +263,9 @@ async fn a_jwks_file_rotated_under_a_running_node_switches_keys_without_dropping
     std::fs::write(&file, jwks(&[("old", &old_x)])).unwrap();
     let data = temp.path().join("data");
     // Production mode (no --dev): a key set, an issuer and an audience.
-    let server = TestServer::spawn(
-        &[
-            "standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--jwt-jwks-file",
-            file.to_str().unwrap(),
-            "--jwt-issuer",
-            ISSUER,
-            "--jwt-audience",
-            AUDIENCE,
-        ],
-        None,
+    let server = production_node(
+        &data,
+        &["--jwt-jwks-file", file.to_str().unwrap(), "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE],
     );
     assert!(!data.join("dev-jwt-secret").exists(), "no development secret outside --dev");
     let mut open = Client::connect(&server.ws, &signed(&old, "old", "fay"), Json).await.unwrap();
@@ -341,25 +335,9 @@ async fn a_jwks_url_is_fetched_at_start_and_polled_for_new_keys() {
     let (url, hits) = jwks_endpoint(doc.clone()).await;
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("data");
-    let server = TestServer::spawn(
-        &[
-            "standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--jwt-jwks-url",
-            &url,
-            "--jwt-jwks-refresh",
-            "10s",
-            "--jwt-issuer",
-            ISSUER,
-            "--jwt-audience",
-            AUDIENCE,
-        ],
-        None,
+    let server = production_node(
+        &data,
+        &["--jwt-jwks-url", &url, "--jwt-jwks-refresh", "10s", "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE],
     );
     assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 1, "fetched at start");
     let mut open = Client::connect(&server.ws, &signed(&old, "old", "gil"), Json).await.unwrap();
@@ -381,24 +359,7 @@ async fn outside_dev_mode_tokens_need_the_issuer_and_the_audience() {
     const SECRET: &str = "production-like-secret-production-like";
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().to_str().unwrap();
-    let server = TestServer::spawn(
-        &[
-            "standalone",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data,
-            "--jwt-secret",
-            SECRET,
-            "--jwt-issuer",
-            ISSUER,
-            "--jwt-audience",
-            AUDIENCE,
-        ],
-        None,
-    );
+    let server = production_node(data, &["--jwt-secret", SECRET, "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE]);
     let mint = |extra: &[&str]| {
         let mut args = vec!["token", "--user", "hal", "--secret", SECRET];
         args.extend_from_slice(extra);

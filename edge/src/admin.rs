@@ -51,10 +51,9 @@ impl Operator {
         (token.len() >= MIN_ADMIN_TOKEN_BYTES).then_some(Operator { token, control })
     }
 
-    /// Compares in time independent of where the first difference is.
+    /// Compares in time independent of where the first difference is (as the bus MAC does).
     fn admits(&self, presented: &[u8]) -> bool {
-        presented.len() == self.token.len()
-            && presented.iter().zip(&self.token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        bool::from(subtle::ConstantTimeEq::ct_eq(presented, self.token.as_slice()))
     }
 }
 
@@ -134,8 +133,9 @@ async fn answer(mut stream: TcpStream, request: Request) -> std::io::Result<()> 
             let Some(operator) = operator else {
                 return respond(&mut stream, "404 Not Found", "text/plain", "no admin token configured here\n").await;
             };
-            let presented = header("authorization").and_then(|h| bearer(&h).map(|t| t.as_bytes().to_vec()));
-            if !presented.is_some_and(|t| operator.admits(&t)) {
+            let authorization = header("authorization");
+            let presented = authorization.as_deref().and_then(crate::handshake::bearer_token);
+            if !presented.is_some_and(|t| operator.admits(t.as_bytes())) {
                 metrics::counter!("admin_requests_total", "result" => "unauthorized").increment(1);
                 tracing::warn!(%peer, "admin request with a missing or wrong token");
                 return respond(&mut stream, "401 Unauthorized", "application/json", "{\"error\":\"unauthorized\"}\n")
@@ -169,13 +169,6 @@ async fn answer(mut stream: TcpStream, request: Request) -> std::io::Result<()> 
         ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
         _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await,
     }
-}
-
-/// The token of an `Authorization: Bearer` header (scheme case-insensitive).
-fn bearer(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn status_line(status: u16) -> &'static str {

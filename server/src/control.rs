@@ -1,8 +1,6 @@
 //! The operator's write endpoints on a node that holds a store (a router, a standalone node),
 //! and the client half the `messenger revoke` command uses.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -73,24 +71,24 @@ pub fn operator(token: Option<Vec<u8>>, control: Arc<Revocations>) -> Option<Arc
 /// How long the `revoke` command waits for the node.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends one request to a node's admin port (`host:port`, optionally `http://`-prefixed) and
-/// returns the status and body.
-pub fn call(admin: &str, token: &[u8], method: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let addr = admin.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+/// Sends one request to a node's admin port (`host:port`, optionally `http://`-prefixed):
+/// `POST` with `body` (a revocation), `GET` without (the list). Returns status and body.
+pub fn call(admin: &str, token: &[u8], body: Option<&str>) -> anyhow::Result<(u16, String)> {
+    let url = format!("http://{}/v1/revocations", admin.trim_start_matches("http://").trim_end_matches('/'));
     let token = std::str::from_utf8(token).context("the admin token is not UTF-8")?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} /v1/revocations HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).context("read the answer")?;
-    let (head, body) = response.split_once("\r\n\r\n").context("malformed answer")?;
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).context("malformed status line")?;
-    Ok((status, body.to_owned()))
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(CLIENT_TIMEOUT)).http_status_as_error(false).build().into();
+    let authorization = format!("Bearer {token}");
+    let mut response = match body {
+        Some(body) => agent
+            .post(&url)
+            .header("authorization", &authorization)
+            .header("content-type", "application/json")
+            .send(body),
+        None => agent.get(&url).header("authorization", &authorization).call(),
+    }
+    .with_context(|| format!("request to {url}"))?;
+    let status = response.status().as_u16();
+    let answer = response.body_mut().read_to_string().context("read the answer")?;
+    Ok((status, answer))
 }

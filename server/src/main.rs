@@ -211,11 +211,8 @@ fn revoke(args: server::config::RevokeArgs) -> anyhow::Result<String> {
         }
         (None, None, false) => anyhow::bail!("give --jti, --user or --list"),
     };
-    let (method, body) = match &body {
-        Some(b) => ("POST", Some(b.to_string())),
-        None => ("GET", None),
-    };
-    let (status, answer) = control::call(&args.admin, &token, method, body.as_deref())?;
+    let body = body.map(|b| b.to_string());
+    let (status, answer) = control::call(&args.admin, &token, body.as_deref())?;
     if status != 200 {
         anyhow::bail!("the node answered {status}: {}", answer.trim());
     }

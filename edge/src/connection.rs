@@ -54,7 +54,7 @@ const DRAIN_REPLY_GRACE: Duration = Duration::from_secs(3);
 /// the client should see 4009 to know it must resume. The memory held meanwhile is bounded.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

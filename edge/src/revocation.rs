@@ -49,7 +49,7 @@ pub(crate) async fn watch(shared: Arc<Services>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => break,
             Some(msg) = rx.recv() => match decode_envelope::<Revocation>(&msg.payload) {
-                Ok(r) => apply(&shared, &r),
+                Ok(r) => apply(&shared, std::slice::from_ref(&r)),
                 Err(err) => tracing::warn!(error = %err, "undecodable revocation broadcast"),
             },
             _ = tokio::time::sleep_until(next_sync) => {
@@ -77,15 +77,17 @@ pub(crate) async fn watch(shared: Arc<Services>, stop: CancellationToken) {
     }
 }
 
-/// Adds `r` to the list and closes the connections it newly refuses.
-fn apply(shared: &Services, r: &Revocation) {
-    let wider = shared.revocations_mut().insert(r);
-    if wider {
-        let closed = shared.hub.revoke(r);
-        metrics::counter!("edge_revoked_connections_total").increment(closed as u64);
-        if closed > 0 {
-            tracing::info!(closed, "closed connections whose token was revoked");
-        }
+/// Adds `revocations` to the list (one write lock for all of them: a full read must not
+/// hold up connects entry by entry) and closes the connections they newly refuse.
+fn apply(shared: &Services, revocations: &[Revocation]) {
+    let wider: Vec<&Revocation> = {
+        let mut list = shared.revocations_mut();
+        revocations.iter().filter(|r| list.insert(r)).collect()
+    };
+    let closed: usize = wider.into_iter().map(|r| shared.hub.revoke(r)).sum();
+    metrics::counter!("edge_revoked_connections_total").increment(closed as u64);
+    if closed > 0 {
+        tracing::info!(closed, "closed connections whose token was revoked");
     }
 }
 
@@ -106,12 +108,9 @@ async fn sync(shared: &Services) -> Result<(), String> {
             other => return Err(format!("{other:?}")),
         }
     }
-    for r in &entries {
-        apply(shared, r);
-    }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    apply(shared, &entries);
     let mut list = shared.revocations_mut();
-    list.prune(now);
+    list.prune(crate::connection::now_secs());
     metrics::gauge!("edge_revocations").set(list.len() as f64);
     Ok(())
 }

@@ -635,16 +635,15 @@ impl Store for EmbeddedStore {
             let table = txn.open_table(REVOCATIONS).map_err(unavailable)?;
             let range = match &after {
                 None => table.range::<(&str, &str)>(..),
-                Some(k) => table.range((k.kind.as_str(), k.id.as_str())..),
+                Some(k) => table.range::<(&str, &str)>((
+                    std::ops::Bound::Excluded((k.kind.as_str(), k.id.as_str())),
+                    std::ops::Bound::Unbounded,
+                )),
             }
             .map_err(unavailable)?;
             let mut out = Vec::new();
             for item in range {
-                let (k, v) = item.map_err(unavailable)?;
-                let (kind, id) = k.value();
-                if after.as_ref().is_some_and(|a| a.kind == kind && a.id == id) {
-                    continue;
-                }
+                let (_, v) = item.map_err(unavailable)?;
                 let r = decode_envelope::<Revocation>(v.value()).map_err(corrupt)?;
                 if r.until() > now {
                     out.push(r);

@@ -113,11 +113,10 @@ impl Revoker {
         let mut all = Vec::new();
         let mut after = None;
         loop {
-            let page = self.services.store.revocations(after, REVOCATION_PAGE, now).await?;
-            let full = page.len() >= REVOCATION_PAGE;
-            after = page.last().map(Revocation::key);
-            all.extend(page);
-            if !full {
+            let (entries, more) = page(&self.services.store, after, now).await?;
+            after = entries.last().map(Revocation::key);
+            all.extend(entries);
+            if !more {
                 return Ok(all);
             }
         }

@@ -81,24 +81,21 @@ impl Revoker {
     pub async fn revoke(&self, request: RevokeRequest, actor: &str) -> Result<Revocation, RevokeError> {
         let now = self.services.clock.now_ms() / 1000;
         let planned = self.plan(request, now)?;
-        let record = |outcome, r: &Revocation| {
-            let key = r.key();
+        // A merge keeps the key, so the planned and the stored revocation share it.
+        let key = planned.key();
+        let event = |outcome, r: &Revocation| {
             let (kind, before) = match r {
                 Revocation::Token { .. } => ("token", None),
                 Revocation::User { before, .. } => ("user", Some(*before)),
             };
-            let event = audit::Event::Revoked { actor, outcome, kind, id: &key.id, before, until: r.until() };
-            match outcome {
-                audit::Outcome::Requested => self.services.audit.record(&event),
-                _ => {
-                    self.services.audit.note(&event);
-                    Ok(())
-                }
-            }
+            audit::Event::Revoked { actor, outcome, kind, id: &key.id, before, until: r.until() }
         };
-        record(audit::Outcome::Requested, &planned).map_err(|e| RevokeError::Audit(e.to_string()))?;
+        self.services
+            .audit
+            .record(&event(audit::Outcome::Requested, &planned))
+            .map_err(|e| RevokeError::Audit(e.to_string()))?;
         let stored = self.services.store.revoke(planned, now).await?;
-        let _ = record(audit::Outcome::Committed, &stored);
+        self.services.audit.note(&event(audit::Outcome::Committed, &stored));
         metrics::counter!("router_revocations_total").increment(1);
         // Edges that miss this catch up from the store (see `RouterOp::Revocations`).
         if let Err(err) = self.services.bus.publish(REVOCATION_SUBJECT, encode_envelope(&stored)).await {
